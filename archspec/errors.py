@@ -1,0 +1,41 @@
+"""Errors that reach the user as one line (the CLI prints them and exits 2)."""
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """Bad input from the user: printed as one line, never as a traceback."""
+
+    exit_code = 2
+
+
+class SpecError(UserError):
+    """A spec that cannot be loaded or does not describe a consistent network.
+
+    ``where`` is ``file:line`` when the spec came from a file, ``what`` names the
+    offending stage/block/conv, ``hint`` says how to fix it.
+    """
+
+    def __init__(self, message: str, *, where: str | None = None, what: str | None = None,
+                 hint: str | None = None, path: tuple = ()):
+        self.message = message
+        self.where = where
+        self.what = what
+        self.hint = hint
+        self.path = path  # spec path, e.g. ("stages", 2, "blocks", 0, "convs", 1)
+        super().__init__(str(self))
+
+    def located(self, where: str) -> "SpecError":
+        return SpecError(self.message, where=where, what=self.what, hint=self.hint, path=self.path)
+
+    def __str__(self) -> str:
+        parts = []
+        if self.where:
+            parts.append(f"{self.where}:")
+        if self.what:
+            parts.append(f"{self.what}:")
+        parts.append(self.message)
+        line = " ".join(parts)
+        if self.hint:
+            line += f" (hint: {self.hint})"
+        # One line, always: a message built from user text must not break it.
+        return " ".join(line.split())

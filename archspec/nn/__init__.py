@@ -1,0 +1,1 @@
+"""Building blocks and the Spec -> nn.Module compiler."""

@@ -1,0 +1,1 @@
+"""Reports: terminal tables, markdown, LaTeX, CSV/JSON and plots."""

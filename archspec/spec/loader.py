@@ -1,0 +1,246 @@
+"""Load a spec from YAML into a validated Spec, with file:line in every error."""
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+import yaml
+
+from archspec.errors import SpecError
+from archspec.spec import notation
+from archspec.spec.schema import BlockGroup, Conv, Downsample, Head, Spec, Stage
+from archspec.spec.validate import infer_shapes
+
+TOP_KEYS = ("name", "title", "notes", "input", "stages", "head")
+INPUT_KEYS = ("channels", "size")
+STAGE_KEYS = ("name", "output_size", "downsample", "blocks", "channels")
+BLOCK_KEYS = ("kind", "convs", "repeat")
+CONV_KEYS = ("kernel", "channels", "groups", "stride")
+DOWNSAMPLE_KEYS = ("kind", "kernel", "stride")
+HEAD_KEYS = ("pool", "fc", "features")
+
+
+def _compose(text: str, source: str):
+    """YAML text -> (plain Python data, {path: line}). Rejects duplicate keys."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise SpecError(f"malformed YAML: {problem}", where=f"{source}{line}",
+                        hint="check indentation, colons and brackets on this line") from None
+    if node is None:
+        raise SpecError("the file is empty", where=f"{source}:1", hint="see docs/spec-format.md for the format")
+    constructor = yaml.SafeLoader("")
+    lines: dict[tuple, int] = {}
+
+    def build(n, path):
+        lines[path] = n.start_mark.line + 1
+        if isinstance(n, yaml.MappingNode):
+            out = {}
+            for key_node, value_node in n.value:
+                key = build(key_node, path + ("<key>",))
+                if not isinstance(key, str):
+                    raise SpecError(f"keys must be names, got {key!r}", where=f"{source}:{key_node.start_mark.line + 1}")
+                if key in out:
+                    raise SpecError(f"key '{key}' appears twice", where=f"{source}:{key_node.start_mark.line + 1}",
+                                    hint="remove one of them")
+                out[key] = build(value_node, path + (key,))
+                lines[path + (key,)] = key_node.start_mark.line + 1
+            return out
+        if isinstance(n, yaml.SequenceNode):
+            return [build(item, path + (i,)) for i, item in enumerate(n.value)]
+        try:
+            return constructor.construct_object(n, deep=True)
+        except yaml.YAMLError as exc:
+            raise SpecError(f"cannot read value: {getattr(exc, 'problem', exc)}",
+                            where=f"{source}:{n.start_mark.line + 1}") from None
+
+    return build(node, ()), lines
+
+
+class _Builder:
+    """Turns the plain data of a spec file into a Spec, failing at the right line."""
+
+    def __init__(self, lines: dict, source: str):
+        self.lines = lines
+        self.source = source
+
+    def where(self, path: tuple) -> str:
+        for cut in range(len(path), -1, -1):
+            if path[:cut] in self.lines:
+                return f"{self.source}:{self.lines[path[:cut]]}"
+        return self.source
+
+    def mapping(self, data, path: tuple, allowed, required, what: str) -> dict:
+        if not isinstance(data, dict):
+            raise SpecError(f"{what} must be a mapping of keys ({', '.join(allowed)}), got {_kind(data)}",
+                            path=path)
+        for key in data:
+            if key not in allowed:
+                close = difflib.get_close_matches(key, allowed, n=1)
+                hint = f"did you mean '{close[0]}'?" if close else f"allowed keys: {', '.join(allowed)}"
+                raise SpecError(f"unknown key '{key}' in {what}", path=path + (key,), hint=hint)
+        for key in required:
+            if key not in data:
+                raise SpecError(f"{what} is missing '{key}'", path=path, hint=f"add '{key}:'")
+        return data
+
+    def at(self, path, fn, *args):
+        """Run a notation parser, tagging its error with ``path``."""
+        try:
+            return fn(*args)
+        except SpecError as err:
+            if err.path:
+                raise
+            raise SpecError(err.message, what=err.what, hint=err.hint, path=path) from None
+
+    # -- pieces ------------------------------------------------------------------
+    def conv(self, data, path) -> Conv:
+        if isinstance(data, dict):
+            self.mapping(data, path, CONV_KEYS, ("kernel", "channels"), "conv")
+            kernel = data["kernel"]
+            kernel = self.at(path + ("kernel",), notation.parse_kernel, str(kernel)) if not isinstance(kernel, bool) \
+                else self.at(path + ("kernel",), notation.positive_int, kernel, "kernel")
+            return Conv(kernel=kernel,
+                        channels=self.at(path + ("channels",), notation.positive_int, data["channels"], "channels"),
+                        groups=self.at(path + ("groups",), notation.positive_int, data.get("groups", 1), "groups"),
+                        stride=self.at(path + ("stride",), notation.positive_int, data.get("stride", 1), "stride"))
+        return self.at(path, notation.parse_conv, data)
+
+    def block(self, data, path) -> BlockGroup:
+        if isinstance(data, dict):
+            self.mapping(data, path, BLOCK_KEYS, ("kind", "convs"), "block")
+            kind = self.at(path + ("kind",), notation.check_kind, data["kind"])
+            convs = data["convs"]
+            if not isinstance(convs, list) or not convs:
+                raise SpecError("a block's 'convs' must be a non-empty list", path=path + ("convs",),
+                                hint="e.g. convs: ['3x3, 64', '3x3, 64']")
+            repeat = self.at(path + ("repeat",), notation.positive_int, data.get("repeat", 1), "repeat count")
+            conv_items = [(item, path + ("convs", i)) for i, item in enumerate(convs)]
+        else:
+            kind, texts, repeat = self.at(path, notation.parse_block_text, data)
+            conv_items = [(t, path) for t in texts]
+        return BlockGroup(kind=kind, convs=tuple(self.conv(item, p) for item, p in conv_items), repeat=repeat)
+
+    def downsample(self, data, path) -> Downsample:
+        if isinstance(data, dict):
+            self.mapping(data, path, DOWNSAMPLE_KEYS, ("kind",), "downsample")
+            kind = self.at(path + ("kind",), notation.check_kind, data["kind"], notation.DOWNSAMPLE_KINDS,
+                           "downsample")
+            if kind != "maxpool" and ("kernel" in data or "stride" in data) and kind != "strided_conv":
+                raise SpecError(f"'{kind}' takes no kernel or stride", path=path, hint="remove them")
+            if kind == "strided_conv" and "kernel" in data:
+                raise SpecError("a strided conv's kernel is the conv's own", path=path + ("kernel",),
+                                hint="remove 'kernel'")
+            kernel = data.get("kernel", 3)
+            kernel = self.at(path + ("kernel",), notation.parse_kernel, str(kernel)) if not isinstance(kernel, bool) \
+                else self.at(path + ("kernel",), notation.positive_int, kernel, "kernel")
+            stride = self.at(path + ("stride",), notation.positive_int, data.get("stride", 2), "stride")
+            return Downsample(kind=kind, kernel=kernel, stride=stride)
+        return self.at(path, notation.parse_downsample_text, data)
+
+    def stage(self, data, path) -> Stage:
+        self.mapping(data, path, STAGE_KEYS, ("name", "output_size", "blocks"), "stage")
+        name = data["name"]
+        if not isinstance(name, str):
+            raise SpecError(f"stage name must be text, got {name!r}", path=path + ("name",))
+        blocks = data["blocks"]
+        if not isinstance(blocks, list):
+            raise SpecError(f"stage '{name}': 'blocks' must be a list, got {_kind(blocks)}",
+                            path=path + ("blocks",), hint="write one '- kind [convs] xN' line per block group")
+        if not blocks:
+            raise SpecError(f"stage '{name}' has no blocks", path=path + ("blocks",),
+                            hint="give it at least one block, e.g. 'basic [3x3, 64; 3x3, 64] x2'")
+        groups = [self.block(b, path + ("blocks", i)) for i, b in enumerate(blocks)]
+        if "downsample" in data:
+            ds = self.downsample(data["downsample"], path + ("downsample",))
+        else:  # the table shorthand: a strided conv is the stage's downsampling
+            strided = any(c.stride > 1 for g in groups for c in g.convs)
+            ds = Downsample("strided_conv" if strided else "none")
+        if ds.kind == "strided_conv":
+            groups = _place_stride(groups, ds.stride)
+            ds = Downsample("strided_conv")
+        elif ds.kind != "maxpool":
+            ds = Downsample(ds.kind)
+        channels = data.get("channels")
+        if channels is not None:
+            channels = self.at(path + ("channels",), notation.positive_int, channels, "channels")
+        size = self.at(path + ("output_size",), notation.parse_size, data["output_size"], "output size")
+        return Stage(name=name, output_size=size, blocks=tuple(groups), downsample=ds, channels=channels)
+
+    def head(self, data, path) -> Head:
+        if data is None:
+            return Head()
+        self.mapping(data, path, HEAD_KEYS, (), "head")
+        pool = self.at(path + ("pool",), notation.check_kind, data.get("pool", "avg"), ("avg", "max"), "head pool")
+        fc = data.get("fc", 1000)
+        if fc is not None and fc is not False:
+            fc = self.at(path + ("fc",), notation.positive_int, fc, "fc size")
+        features = data.get("features")
+        if features is not None:
+            features = self.at(path + ("features",), notation.positive_int, features, "features")
+        return Head(pool=pool, fc=None if fc is False else fc, features=features)
+
+    def spec(self, data, default_name: str) -> Spec:
+        self.mapping(data, (), TOP_KEYS, ("stages",), "the spec")
+        inp = self.mapping(data.get("input", {}), ("input",), INPUT_KEYS, (), "input")
+        stages = data["stages"]
+        if not isinstance(stages, list) or not stages:
+            raise SpecError("'stages' must be a non-empty list of stages", path=("stages",),
+                            hint="see docs/spec-format.md")
+        for key in ("name", "title", "notes"):
+            if key in data and not isinstance(data[key], str):
+                raise SpecError(f"'{key}' must be text, got {data[key]!r}", path=(key,))
+        return Spec(
+            name=data.get("name", default_name),
+            title=data.get("title", ""),
+            notes=data.get("notes", ""),
+            input_channels=self.at(("input", "channels"), notation.positive_int, inp.get("channels", 3),
+                                   "input channels"),
+            input_size=self.at(("input", "size"), notation.parse_size, inp.get("size", 224), "input size"),
+            stages=tuple(self.stage(s, ("stages", i)) for i, s in enumerate(stages)),
+            head=self.head(data.get("head"), ("head",)),
+        )
+
+
+def _place_stride(groups: list[BlockGroup], stride: int) -> list[BlockGroup]:
+    """``downsample: strided_conv`` with no stride written: stride the first block's first
+    spatial conv (the torchvision 'v1.5' place; the only conv if all are 1x1)."""
+    if any(c.stride > 1 for g in groups for c in g.convs):
+        return groups
+    first = groups[0]
+    at = next((i for i, c in enumerate(first.convs) if c.kernel > 1), 0)
+    convs = list(first.convs)
+    convs[at] = Conv(convs[at].kernel, convs[at].channels, convs[at].groups, stride)
+    return [BlockGroup(first.kind, tuple(convs), first.repeat)] + groups[1:]
+
+
+def _kind(value) -> str:
+    return {dict: "a mapping", list: "a list", str: f"'{value}'"}.get(type(value), repr(value))
+
+
+def loads(text: str, source: str = "<spec>", default_name: str = "spec") -> Spec:
+    """Parse and validate spec YAML text; every error names ``source:line``."""
+    data, lines = _compose(text, source)
+    builder = _Builder(lines, source)
+    try:
+        spec = builder.spec(data, default_name)
+        infer_shapes(spec)
+    except SpecError as err:
+        if err.where:
+            raise
+        raise err.located(builder.where(err.path)) from None
+    return spec
+
+
+def load(path) -> Spec:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(f"no such file: {path}", hint="give a path to a .yaml spec or a name from specs/") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"cannot read {path}: {exc}") from None
+    return loads(text, source=str(path), default_name=path.stem)

@@ -1,0 +1,162 @@
+"""The table notation: parse and format convs, blocks and downsampling as strings.
+
+    conv        "3x3, 256, 2 grps, stride 2"   (groups also as "g2" / "groups 2")
+    block       "bottleneck [1x1, 256, g2; 3x3, 256, g2; 1x1, 1024] x3"
+    downsample  "none" | "bilinear" | "strided_conv" | "maxpool 3x3, stride 2"
+
+Parsers raise SpecError with a message and hint; the loader adds file:line.
+"""
+from __future__ import annotations
+
+import re
+
+from archspec.errors import SpecError
+from archspec.spec.schema import BLOCK_KINDS, DOWNSAMPLE_KINDS, BlockGroup, Conv, Downsample
+
+_TIMES = re.compile(r"\s*[x×X*]\s*")
+_CONV_FORM = "'KxK, CHANNELS[, G grps][, stride S]', e.g. '3x3, 256, 2 grps'"
+_BLOCK_FORM = "'KIND [conv; conv; ...] xN', e.g. 'bottleneck [1x1, 64; 3x3, 64; 1x1, 256] x3'"
+
+
+def positive_int(text, what: str, hint: str | None = None) -> int:
+    """Parse a strictly positive integer from YAML data or a notation token."""
+    if isinstance(text, bool):
+        raise SpecError(f"{what} must be a positive integer, got {text!r}", hint=hint)
+    if isinstance(text, int):
+        value = text
+    elif isinstance(text, str) and re.fullmatch(r"\s*[+-]?\d+\s*", text):
+        value = int(text)
+    else:
+        shown = text if isinstance(text, str) else repr(text)
+        raise SpecError(f"{what} must be a positive integer, got '{shown}'", hint=hint)
+    if value <= 0:
+        raise SpecError(f"{what} must be a positive integer, got {value}", hint=hint)
+    return value
+
+
+def parse_size(value, what: str = "size") -> tuple[int, int]:
+    """``224``, ``"224x224"`` or ``[224, 224]`` -> (224, 224)."""
+    hint = "write it as HxW, e.g. 56x56, or as one number for a square"
+    if isinstance(value, (list, tuple)):
+        if len(value) != 2:
+            raise SpecError(f"{what} must have two numbers (height, width), got {len(value)}", hint=hint)
+        return (positive_int(value[0], f"{what} height", hint), positive_int(value[1], f"{what} width", hint))
+    if isinstance(value, str) and _TIMES.search(value.strip()):
+        parts = _TIMES.split(value.strip())
+        if len(parts) != 2:
+            raise SpecError(f"{what} '{value}' is not HxW", hint=hint)
+        return (positive_int(parts[0], f"{what} height", hint), positive_int(parts[1], f"{what} width", hint))
+    n = positive_int(value, what, hint)
+    return (n, n)
+
+
+def format_size(size: tuple[int, int]) -> str:
+    return f"{size[0]}x{size[1]}"
+
+
+def parse_kernel(token: str) -> int:
+    hint = "kernels are square and odd, written KxK, e.g. 3x3"
+    parts = _TIMES.split(token.strip())
+    if len(parts) == 1:
+        k = positive_int(parts[0], "kernel size", hint)
+    elif len(parts) == 2:
+        kh = positive_int(parts[0], "kernel height", hint)
+        kw = positive_int(parts[1], "kernel width", hint)
+        if kh != kw:
+            raise SpecError(f"kernel {token.strip()} is not square", hint=hint)
+        k = kh
+    else:
+        raise SpecError(f"kernel '{token.strip()}' is not KxK", hint=hint)
+    if k % 2 == 0:
+        raise SpecError(f"kernel {k}x{k} has an even size, so 'same' padding is undefined", hint=hint)
+    return k
+
+
+def parse_conv(text) -> Conv:
+    if not isinstance(text, str):
+        raise SpecError(f"a conv must be written as {_CONV_FORM}, got {text!r}")
+    tokens = [t.strip() for t in text.split(",")]
+    if len(tokens) < 2 or not all(tokens):
+        raise SpecError(f"conv '{text}' is not in the form {_CONV_FORM}")
+    kernel = parse_kernel(tokens[0])
+    channels = positive_int(tokens[1], f"conv '{text}': channels", "channels is the second item, e.g. '3x3, 256'")
+    groups = stride = None
+    for tok in tokens[2:]:
+        m = (re.fullmatch(r"(\S+)\s*(?:grps?|groups?)", tok) or re.fullmatch(r"(?:g|groups?\s+)(\S+)", tok))
+        if m:
+            if groups is not None:
+                raise SpecError(f"conv '{text}' gives groups twice")
+            groups = positive_int(m.group(1), f"conv '{text}': groups")
+            continue
+        m = re.fullmatch(r"(?:stride|s)\s*(\S+)", tok)
+        if m:
+            if stride is not None:
+                raise SpecError(f"conv '{text}' gives stride twice")
+            stride = positive_int(m.group(1), f"conv '{text}': stride")
+            continue
+        raise SpecError(f"conv '{text}': cannot read '{tok}'",
+                        hint="after the channels only 'N grps' (or 'gN') and 'stride S' may follow")
+    return Conv(kernel=kernel, channels=channels, groups=groups or 1, stride=stride or 1)
+
+
+def format_conv(conv: Conv) -> str:
+    text = f"{conv.kernel}x{conv.kernel}, {conv.channels}"
+    if conv.groups != 1:
+        text += f", {conv.groups} grps"
+    if conv.stride != 1:
+        text += f", stride {conv.stride}"
+    return text
+
+
+def check_kind(kind, hint_kinds=BLOCK_KINDS, what="block kind") -> str:
+    import difflib
+
+    if kind not in hint_kinds:
+        close = difflib.get_close_matches(str(kind), hint_kinds, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else f"use one of: {', '.join(hint_kinds)}"
+        raise SpecError(f"unknown {what} '{kind}'", hint=hint)
+    return kind
+
+
+def parse_block_text(text) -> tuple[str, list[str], int]:
+    """Split ``'kind [c1; c2] xN'`` into (kind, [conv texts], repeat)."""
+    if not isinstance(text, str):
+        raise SpecError(f"a block must be written as {_BLOCK_FORM} or as a mapping, got {text!r}")
+    m = re.fullmatch(r"\s*([A-Za-z_][\w-]*)\s*\[(.*)\]\s*(?:[x×X*]\s*(\S+))?\s*", text)
+    if not m:
+        raise SpecError(f"block '{text}' is not in the form {_BLOCK_FORM}")
+    kind = check_kind(m.group(1))
+    convs = [c.strip() for c in m.group(2).split(";")]
+    repeat = 1 if m.group(3) is None else positive_int(m.group(3), f"block '{text}': repeat count")
+    return kind, convs, repeat
+
+
+def format_block(group: BlockGroup) -> str:
+    inner = "; ".join(format_conv(c) for c in group.convs)
+    text = f"{group.kind} [{inner}]"
+    if group.repeat != 1 or group.kind != "conv":
+        text += f" x{group.repeat}"
+    return text
+
+
+def parse_downsample_text(text) -> Downsample:
+    """``none | bilinear | strided_conv | maxpool [KxK][, stride S]`` (also '3x3 max pool, stride 2')."""
+    if not isinstance(text, str):
+        raise SpecError(f"downsample must be one of {', '.join(DOWNSAMPLE_KINDS)}, got {text!r}")
+    norm = " ".join(text.strip().lower().replace("max pool", "maxpool").split())
+    if norm in ("none", "bilinear", "strided_conv"):
+        return Downsample(kind=norm)
+    m = re.fullmatch(r"(?:(\S+)\s+)?maxpool(?:\s+(\d+\s*[x×]\s*\d+|\d+))?(?:\s*,\s*stride\s*(\S+))?", norm)
+    if m and not (m.group(1) and m.group(2)):
+        k = m.group(1) or m.group(2)
+        kernel = parse_kernel(k) if k else 3
+        stride = positive_int(m.group(3), "max pool stride") if m.group(3) else 2
+        return Downsample(kind="maxpool", kernel=kernel, stride=stride)
+    check_kind(norm.split()[0] if norm else norm, DOWNSAMPLE_KINDS, "downsample")
+    raise SpecError(f"downsample '{text}' is not readable", hint="write e.g. 'maxpool 3x3, stride 2'")
+
+
+def format_downsample(ds: Downsample) -> str:
+    if ds.kind == "maxpool":
+        return f"maxpool {ds.kernel}x{ds.kernel}, stride {ds.stride}"
+    return ds.kind

@@ -1,0 +1,52 @@
+"""Find specs by name (``presnet50``) or by path; the named ones ship with the package."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from archspec.errors import SpecError
+
+
+def spec_dirs() -> list[Path]:
+    """Where named specs live: the installed package data, then a checkout's specs/."""
+    dirs = []
+    try:
+        import archspec.specs as packaged  # setup.py maps specs/ to this package
+
+        dirs.extend(Path(p) for p in packaged.__path__)
+    except ImportError:
+        pass
+    checkout = Path(__file__).resolve().parents[2] / "specs"
+    if checkout.is_dir() and checkout not in dirs:
+        dirs.append(checkout)
+    return dirs
+
+
+def available() -> list[str]:
+    names = {p.stem for d in spec_dirs() for p in d.glob("*.yaml")}
+    return sorted(names)
+
+
+def resolve(name_or_path: str) -> Path:
+    """A spec name from specs/ or a path to a YAML file."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.parent != Path(".") or path.exists():
+        if not path.is_file():
+            raise SpecError(f"no such spec file: {name_or_path}",
+                            hint=f"give an existing .yaml path or one of: {', '.join(available())}")
+        return path
+    for d in spec_dirs():
+        candidate = d / f"{name_or_path}.yaml"
+        if candidate.is_file():
+            return candidate
+    import difflib
+
+    names = available()
+    close = difflib.get_close_matches(name_or_path, names, n=1)
+    hint = f"did you mean '{close[0]}'?" if close else f"known specs: {', '.join(names)}; or give a path"
+    raise SpecError(f"unknown spec '{name_or_path}'", hint=hint)
+
+
+def load_spec(name_or_path: str):
+    from archspec.spec.loader import load
+
+    return load(resolve(name_or_path))

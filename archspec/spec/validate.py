@@ -1,0 +1,158 @@
+"""Semantic checks of a Spec, and the shapes it implies (no torch needed).
+
+``infer_shapes`` walks the network the way the compiled module will run it and raises a
+SpecError, carrying the spec path of the culprit, for anything that cannot be built or
+that contradicts what the spec declares.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from archspec.errors import SpecError
+from archspec.spec.notation import format_size
+from archspec.spec.schema import (BLOCK_KINDS, CONVS_PER_BLOCK, DOWNSAMPLE_KINDS, POOL_KINDS,
+                                  Spec)
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+RESERVED_NAMES = ("head",)
+
+
+@dataclass(frozen=True)
+class StageShape:
+    name: str
+    in_shape: tuple[int, int, int]  # (channels, height, width) entering the stage
+    out_shape: tuple[int, int, int]
+
+
+def conv_out(size: int, kernel: int, stride: int) -> int:
+    """Output length of a 'same'-padded conv or pool (padding kernel // 2)."""
+    return (size + 2 * (kernel // 2) - kernel) // stride + 1
+
+
+def _positive(value, what: str, path: tuple, label: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise SpecError(f"{label} must be a positive integer, got {value!r}", what=what, path=path)
+
+
+def infer_shapes(spec: Spec) -> list[StageShape]:
+    """Validate ``spec`` and return each stage's input and output shape."""
+    if not spec.stages:
+        raise SpecError("the network has no stages", path=("stages",),
+                        hint="list at least one stage under 'stages:'")
+    _positive(spec.input_channels, "input", ("input", "channels"), "input channels")
+    for i, side in enumerate(("height", "width")):
+        _positive(spec.input_size[i], "input", ("input", "size"), f"input {side}")
+
+    seen: dict[str, int] = {}
+    shapes: list[StageShape] = []
+    c, h, w = spec.input_channels, *spec.input_size
+    for si, stage in enumerate(spec.stages):
+        spath = ("stages", si)
+        what = f"stage '{stage.name}'"
+        if not isinstance(stage.name, str) or not _NAME.fullmatch(stage.name):
+            raise SpecError(f"stage name {stage.name!r} is not a plain identifier", what=f"stage {si + 1}",
+                            path=spath + ("name",), hint="use letters, digits and '_', e.g. res2")
+        if stage.name in RESERVED_NAMES:
+            raise SpecError(f"'{stage.name}' is reserved for the head", what=what, path=spath + ("name",),
+                            hint="give the stage another name")
+        if stage.name in seen:
+            raise SpecError(f"stage name '{stage.name}' is used twice (also stage {seen[stage.name] + 1})",
+                            what=what, path=spath + ("name",), hint="stage names must be unique")
+        seen[stage.name] = si
+        if not stage.blocks:
+            raise SpecError("stage has no blocks", what=what, path=spath + ("blocks",),
+                            hint="give it at least one block, e.g. 'basic [3x3, 64; 3x3, 64] x2'")
+        for i, side in enumerate(("height", "width")):
+            _positive(stage.output_size[i], what, spath + ("output_size",), f"output {side}")
+        in_shape = (c, h, w)
+
+        ds = stage.downsample
+        if ds.kind not in DOWNSAMPLE_KINDS:
+            raise SpecError(f"unknown downsample '{ds.kind}'", what=what, path=spath + ("downsample",),
+                            hint=f"use one of: {', '.join(DOWNSAMPLE_KINDS)}")
+        strided = any(conv.stride > 1 for g in stage.blocks for conv in g.convs)
+        if ds.kind == "maxpool":
+            _positive(ds.kernel, what, spath + ("downsample",), "max pool kernel")
+            _positive(ds.stride, what, spath + ("downsample",), "max pool stride")
+            h, w = conv_out(h, ds.kernel, ds.stride), conv_out(w, ds.kernel, ds.stride)
+        elif ds.kind == "bilinear":
+            th, tw = stage.output_size
+            if th > h or tw > w:
+                raise SpecError(f"bilinear downsampling to {format_size(stage.output_size)} would enlarge "
+                                f"its {h}x{w} input", what=what, path=spath + ("output_size",),
+                                hint="a stage's output size must not exceed what enters it")
+            h, w = th, tw
+        if strided and ds.kind != "strided_conv":
+            raise SpecError(f"a conv has a stride but the stage's downsample is '{ds.kind}'", what=what,
+                            path=spath + ("downsample",),
+                            hint="write 'downsample: strided_conv', or remove the conv's stride")
+        if ds.kind == "strided_conv" and not strided:
+            raise SpecError("downsample is 'strided_conv' but no conv has a stride", what=what,
+                            path=spath + ("downsample",), hint="add 'stride 2' to a conv of the first block")
+
+        for bi, group in enumerate(stage.blocks):
+            bpath = spath + ("blocks", bi)
+            bwhat = f"{what} block {bi + 1}"
+            if group.kind not in BLOCK_KINDS:
+                raise SpecError(f"unknown block kind '{group.kind}'", what=bwhat, path=bpath,
+                                hint=f"use one of: {', '.join(BLOCK_KINDS)}")
+            _positive(group.repeat, bwhat, bpath + ("repeat",), "repeat count")
+            need = CONVS_PER_BLOCK[group.kind]
+            if not group.convs or (need is not None and len(group.convs) != need):
+                raise SpecError(f"a {group.kind} block has {need or 'at least 1'} convs, this one has "
+                                f"{len(group.convs)}", what=bwhat, path=bpath + ("convs",),
+                                hint="basic: [3x3; 3x3], bottleneck: [1x1; 3x3; 1x1]")
+            for rep in range(group.repeat if group.repeat <= 2 else 2):  # repeats >1 all look alike
+                cin = c
+                for ki, conv in enumerate(group.convs):
+                    cpath = bpath + ("convs", ki)
+                    cwhat = f"{bwhat} conv {ki + 1}"
+                    for label in ("kernel", "channels", "groups", "stride"):
+                        _positive(getattr(conv, label), cwhat, cpath, label)
+                    if conv.kernel % 2 == 0:
+                        raise SpecError(f"kernel {conv.kernel}x{conv.kernel} has an even size", what=cwhat,
+                                        path=cpath, hint="use an odd kernel (1x1, 3x3, 5x5, 7x7)")
+                    for chans, side in ((cin, "input"), (conv.channels, "output")):
+                        if chans % conv.groups:
+                            raise SpecError(f"{conv.groups} groups do not divide the conv's {chans} {side} "
+                                            f"channels", what=cwhat, path=cpath,
+                                            hint=f"use a group count that divides {chans}, "
+                                                 f"e.g. {_divisors_hint(chans)}")
+                    stride = conv.stride if rep == 0 else 1
+                    h, w = conv_out(h, conv.kernel, stride), conv_out(w, conv.kernel, stride)
+                    if h < 1 or w < 1:
+                        raise SpecError("the feature map shrinks to nothing", what=cwhat, path=cpath,
+                                        hint="use fewer strides or a larger input")
+                    cin = conv.channels
+                c = cin
+
+        if (h, w) != tuple(stage.output_size):
+            if ds.kind == "none":
+                hint = (f"the stage has no downsampling and receives {h}x{w}; declare output_size: {h}x{w}, "
+                        f"or add 'downsample: bilinear' to resize to {format_size(stage.output_size)}")
+            else:
+                hint = f"its layers produce {h}x{w}; declare output_size: {h}x{w} or change the strides"
+            raise SpecError(f"declared output size {format_size(stage.output_size)} is not what the stage "
+                            f"produces ({h}x{w})", what=what, path=spath + ("output_size",), hint=hint)
+        if stage.channels is not None and stage.channels != c:
+            raise SpecError(f"declared channels {stage.channels} but the last block gives {c}", what=what,
+                            path=spath + ("channels",), hint=f"declare channels: {c} or change the last conv")
+        shapes.append(StageShape(stage.name, in_shape, (c, h, w)))
+
+    head = spec.head
+    if head.pool not in POOL_KINDS:
+        raise SpecError(f"unknown head pool '{head.pool}'", what="head", path=("head", "pool"),
+                        hint=f"use one of: {', '.join(POOL_KINDS)}")
+    if head.fc is not None:
+        _positive(head.fc, "head", ("head", "fc"), "fc size")
+    if head.features is not None and head.features != c:
+        raise SpecError(f"declared features {head.features} but the last stage "
+                        f"'{spec.stages[-1].name}' gives {c} channels", what="head", path=("head", "features"),
+                        hint=f"declare features: {c}, or change the last stage's width")
+    return shapes
+
+
+def _divisors_hint(n: int) -> str:
+    divs = [d for d in range(1, n + 1) if n % d == 0]
+    return ", ".join(str(d) for d in divs[:6]) + (" ..." if len(divs) > 6 else "")

@@ -1,0 +1,26 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="archspec",
+    version="0.1.0",
+    description="Declarative CNN specs, per-stage profiling and local-learning (GIM/LoCo) training",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["archspec", "archspec.*"]) + ["archspec.specs"],
+    # The named specs live at the top of the checkout (specs/) and ship as package data.
+    package_dir={"archspec.specs": "specs"},
+    package_data={"archspec.specs": ["*.yaml"]},
+    install_requires=[
+        # CPU machines: install torch==2.13.0 first (see README); any recent torch works.
+        "torch>=2.1",
+        "PyYAML>=6",
+        "click>=8.1",
+        "rich>=13",
+        "numpy",  # torch warns at import without it
+    ],
+    extras_require={
+        "test": ["pytest>=7", "hypothesis>=6.80"],
+    },
+    entry_points={"console_scripts": ["archspec=archspec.cli:main"]},
+)
