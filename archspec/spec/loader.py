@@ -66,6 +66,20 @@ class _Builder:
     def __init__(self, lines: dict, source: str):
         self.lines = lines
         self.source = source
+        self.stage_names: dict[int, str] = {}
+
+    def label(self, path: tuple) -> str | None:
+        """'stage 'res3' block 2 conv 1' for a spec path, to name the culprit."""
+        if path[:1] in (("head",), ("input",)):
+            return path[0]
+        if len(path) < 2 or path[0] != "stages":
+            return None
+        name = self.stage_names.get(path[1])
+        text = f"stage '{name}'" if name else f"stage {path[1] + 1}"
+        for key, word in (("blocks", "block"), ("convs", "conv")):
+            if key in path and path.index(key) + 1 < len(path):
+                text += f" {word} {path[path.index(key) + 1] + 1}"
+        return text
 
     def where(self, path: tuple) -> str:
         for cut in range(len(path), -1, -1):
@@ -142,16 +156,20 @@ class _Builder:
         return self.at(path, notation.parse_downsample_text, data)
 
     def stage(self, data, path) -> Stage:
+        if isinstance(data, dict) and isinstance(data.get("name"), str):
+            self.stage_names[path[1]] = data["name"]  # to name the stage in errors below
         self.mapping(data, path, STAGE_KEYS, ("name", "output_size", "blocks"), "stage")
         name = data["name"]
         if not isinstance(name, str):
             raise SpecError(f"stage name must be text, got {name!r}", path=path + ("name",))
         blocks = data["blocks"]
+        if blocks is None:
+            blocks = []
         if not isinstance(blocks, list):
-            raise SpecError(f"stage '{name}': 'blocks' must be a list, got {_kind(blocks)}",
+            raise SpecError(f"'blocks' must be a list, got {_kind(blocks)}",
                             path=path + ("blocks",), hint="write one '- kind [convs] xN' line per block group")
         if not blocks:
-            raise SpecError(f"stage '{name}' has no blocks", path=path + ("blocks",),
+            raise SpecError("the stage has no blocks", path=path + ("blocks",),
                             hint="give it at least one block, e.g. 'basic [3x3, 64; 3x3, 64] x2'")
         groups = [self.block(b, path + ("blocks", i)) for i, b in enumerate(blocks)]
         if "downsample" in data:
@@ -231,7 +249,9 @@ def loads(text: str, source: str = "<spec>", default_name: str = "spec") -> Spec
     except SpecError as err:
         if err.where:
             raise
-        raise err.located(builder.where(err.path)) from None
+        located = err.located(builder.where(err.path))
+        located.what = located.what or builder.label(err.path)
+        raise located from None
     return spec
 
 

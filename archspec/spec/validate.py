@@ -61,7 +61,7 @@ def infer_shapes(spec: Spec) -> list[StageShape]:
                             what=what, path=spath + ("name",), hint="stage names must be unique")
         seen[stage.name] = si
         if not stage.blocks:
-            raise SpecError("stage has no blocks", what=what, path=spath + ("blocks",),
+            raise SpecError("the stage has no blocks", what=what, path=spath + ("blocks",),
                             hint="give it at least one block, e.g. 'basic [3x3, 64; 3x3, 64] x2'")
         for i, side in enumerate(("height", "width")):
             _positive(stage.output_size[i], what, spath + ("output_size",), f"output {side}")
