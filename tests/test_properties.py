@@ -1,0 +1,293 @@
+"""Property tests (hypothesis): random valid specs, and random corruptions of spec YAML.
+
+1. ``specs()`` draws small, valid, canonical Specs (fast to run on a CPU). For each:
+   ``infer_shapes`` succeeds, ``loads(dumps(spec)) == spec``, the compiled module produces
+   exactly the predicted shapes on a real input, and its parameter counts equal the
+   analytic ones, stage by stage.
+2. Random corruptions of spec YAML (a generated spec's, and specs/presnet50.yaml's) either
+   still load into a spec that compiles, or fail with a one-line SpecError naming
+   ``x.yaml[:line]``; through the CLI, ``validate`` exits 0, or 2 with one ``error:`` line.
+"""
+from __future__ import annotations
+
+import math
+import re
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from archspec.cli import main
+from archspec.errors import SpecError
+from archspec.nn.compiler import StagedNet, check_shapes, compile_spec
+from archspec.profile.analytic import stage_params
+from archspec.spec import BlockGroup, Conv, Downsample, Head, Spec, Stage, dumps, infer_shapes, loads
+from archspec.spec.schema import BLOCK_KINDS, DOWNSAMPLE_KINDS, POOL_KINDS
+from archspec.spec.validate import conv_out
+
+PRESNET50_TEXT = (Path(__file__).resolve().parents[1] / "specs" / "presnet50.yaml").read_text(encoding="utf-8")
+MAX_CHANNELS = 24
+KERNELS = (1, 3, 5)
+ERROR_LINE = re.compile(r"^x\.yaml(:\d+)?: ")
+
+SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+# -- a strategy for valid specs -------------------------------------------------------------
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+@st.composite
+def block_groups(draw, cin: int) -> BlockGroup:
+    """One block group whose convs' groups divide their input and output channels, also for
+    the repeats after the first (whose input is the group's own output)."""
+    kind = draw(st.sampled_from(BLOCK_KINDS))
+    n_convs = {"conv": draw(st.integers(1, 2)), "basic": 2, "bottleneck": 3}[kind]
+    repeat = draw(st.integers(1, 3))
+    convs, c, g_first = [], cin, None
+    for i in range(n_convs):
+        last = i == n_convs - 1
+        g = draw(st.sampled_from(_divisors(c)))
+        if g_first is None:
+            g_first = g
+        # The last conv's channels feed the first conv of the next repeat.
+        mult = math.lcm(g, g_first) if (last and repeat > 1) else g
+        if mult > MAX_CHANNELS:
+            g, mult = 1, g_first
+        channels = mult * draw(st.integers(1, MAX_CHANNELS // mult))
+        convs.append(Conv(kernel=draw(st.sampled_from(KERNELS)), channels=channels, groups=g))
+        c = channels
+    return BlockGroup(kind=kind, convs=tuple(convs), repeat=repeat)
+
+
+@st.composite
+def specs(draw) -> Spec:
+    cin = draw(st.integers(1, 4))
+    h = draw(st.integers(8, 40))
+    w = h if draw(st.booleans()) else draw(st.integers(8, 40))
+    input_size = (h, w)
+    prefix = draw(st.sampled_from(["s", "res", "stage", "layer", "conv", "block_", "Stage_"]))
+    c = cin
+    stages = []
+    for si in range(draw(st.integers(1, 4))):
+        ds_kind = draw(st.sampled_from(DOWNSAMPLE_KINDS))
+        if ds_kind == "maxpool":
+            ds = Downsample("maxpool", kernel=draw(st.sampled_from(KERNELS)), stride=draw(st.integers(1, 3)))
+            h, w = conv_out(h, ds.kernel, ds.stride), conv_out(w, ds.kernel, ds.stride)
+        elif ds_kind == "bilinear":
+            ds = Downsample("bilinear")
+            h, w = draw(st.integers(1, h)), draw(st.integers(1, w))
+        else:
+            ds = Downsample(ds_kind)  # canonical: default kernel/stride, the stride lives on a conv
+        groups = []
+        for _ in range(draw(st.integers(1, 2))):
+            group = draw(block_groups(c))
+            groups.append(group)
+            c = group.out_channels
+        if ds_kind == "strided_conv":
+            first = groups[0]
+            at = draw(st.integers(0, len(first.convs) - 1))
+            convs = list(first.convs)
+            convs[at] = replace(convs[at], stride=draw(st.sampled_from([2, 2, 3])))
+            groups[0] = replace(first, convs=tuple(convs))
+        for group in groups:  # strides act in the first block of a group only
+            for conv in group.convs:
+                h, w = conv_out(h, conv.kernel, conv.stride), conv_out(w, conv.kernel, conv.stride)
+        assert h >= 1 and w >= 1
+        stages.append(Stage(name=f"{prefix}{si + 1}", output_size=(h, w), blocks=tuple(groups), downsample=ds,
+                            channels=c if draw(st.booleans()) else None))
+    head = Head(pool=draw(st.sampled_from(POOL_KINDS)),
+                fc=draw(st.one_of(st.none(), st.integers(1, 10))),
+                features=c if draw(st.booleans()) else None)
+    text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12)
+    return Spec(name=draw(st.from_regex(r"[a-z][a-z0-9_-]{0,10}", fullmatch=True)), stages=tuple(stages),
+                head=head, input_channels=cin, input_size=input_size,
+                title=draw(st.one_of(st.just(""), text)), notes=draw(st.one_of(st.just(""), text)))
+
+
+# -- property: valid specs load, round-trip, compile and count as predicted -------------------
+@settings(max_examples=60, **SETTINGS)
+@given(spec=specs())
+def test_valid_spec_round_trips_compiles_and_counts(spec):
+    shapes = infer_shapes(spec)
+    c, h, w = spec.input_channels, *spec.input_size
+    for stage, shape in zip(spec.stages, shapes):
+        assert shape.in_shape == (c, h, w)
+        assert shape.out_shape[1:] == stage.output_size
+        c, h, w = shape.out_shape
+
+    text = dumps(spec)
+    assert loads(text) == spec, text
+    assert dumps(loads(text)) == text
+
+    net = compile_spec(spec)
+    assert net.stage_names == spec.stage_names
+    x = torch.randn(2, spec.input_channels, *spec.input_size)
+    with torch.no_grad():
+        outs = net(x, outputs=net.stage_names + ["head"])
+    assert list(outs) == net.stage_names + ["head"]
+    for shape in shapes:
+        assert tuple(outs[shape.name].shape) == (2, *shape.out_shape), shape.name
+    assert tuple(outs["head"].shape) == (2, spec.head.fc or spec.features)
+
+    params = stage_params(spec)
+    assert list(params) == spec.stage_names + ["head"]
+    assert sum(p.numel() for p in net.parameters()) == sum(params.values())
+    for name in spec.stage_names + ["head"]:
+        assert sum(p.numel() for p in getattr(net, name).parameters()) == params[name], name
+
+
+# -- corruptions of spec YAML -----------------------------------------------------------------
+NUMBER = re.compile(r"\d+(?:\.\d+)?")
+WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+BLOCK_KIND = re.compile(r"\b(conv|basic|bottleneck)(?=\s*\[)")
+NEW_NUMBERS = ("-3", "0", "2.5", "7", "1000", "abc")
+VOCABULARY = ("name", "title", "notes", "input", "channels", "size", "stages", "output_size", "downsample",
+              "blocks", "kind", "convs", "repeat", "kernel", "groups", "stride", "head", "pool", "fc", "features",
+              "conv", "basic", "bottleneck", "none", "maxpool", "bilinear", "strided_conv", "avg", "max", "grps",
+              "null", "true", "false", "yes", "no", "res2", "conv1", "x")
+UNKNOWN_KINDS = ("resnext", "basik", "Basic", "bottle_neck", "dense", "conv2d", "x")
+CORRUPTIONS = ("delete_line", "duplicate_line", "replace_number", "replace_word", "insert_bogus", "truncate",
+               "swap_lines", "reindent", "unknown_kind")
+
+
+@st.composite
+def typos(draw, word: str) -> str:
+    i = draw(st.integers(0, len(word) - 1))
+    op = draw(st.sampled_from(["drop", "double", "swap", "case", "insert"]))
+    if op == "drop" and len(word) > 1:
+        return word[:i] + word[i + 1:]
+    if op == "double":
+        return word[:i] + word[i] + word[i:]
+    if op == "swap" and i + 1 < len(word):
+        return word[:i] + word[i + 1] + word[i] + word[i + 2:]
+    if op == "case":
+        return word[:i] + word[i].swapcase() + word[i + 1:]
+    return word[:i] + draw(st.sampled_from("abcdefghijklmnopqrstuvwxyz_0123456789")) + word[i:]
+
+
+def _replace_match(draw, text: str, pattern: re.Pattern, new) -> str:
+    matches = list(pattern.finditer(text))
+    if not matches:
+        return text
+    m = draw(st.sampled_from(matches))
+    return text[:m.start()] + new(m.group(0)) + text[m.end():]
+
+
+@st.composite
+def corrupt_once(draw, text: str) -> str:
+    lines = text.splitlines(keepends=True) or [""]
+    kind = draw(st.sampled_from(CORRUPTIONS))
+    i = draw(st.integers(0, len(lines) - 1))
+    if kind == "delete_line":
+        del lines[i]
+    elif kind == "duplicate_line":
+        lines.insert(i, lines[i])
+    elif kind == "insert_bogus":
+        lines.insert(draw(st.integers(0, len(lines))), "  bogus: 1\n")
+    elif kind == "swap_lines":
+        j = draw(st.integers(0, len(lines) - 1))
+        lines[i], lines[j] = lines[j], lines[i]
+    elif kind == "reindent":
+        body = lines[i].lstrip(" ")
+        indent = len(lines[i]) - len(body)
+        new = draw(st.sampled_from([0, 1, 2, 4, indent + 1, indent + 2, max(indent - 1, 0), max(indent - 2, 0)]))
+        lines[i] = ("\t" if draw(st.booleans()) and draw(st.booleans()) else " " * new) + body
+    elif kind == "truncate":
+        return text[:draw(st.integers(0, len(text)))]
+    elif kind == "replace_number":
+        return _replace_match(draw, text, NUMBER, lambda _: draw(st.sampled_from(NEW_NUMBERS)))
+    elif kind == "replace_word":
+        words = sorted({m.group(0) for m in WORD.finditer(text)})
+        pool = st.sampled_from(sorted(set(words) | set(VOCABULARY)))
+        return _replace_match(draw, text, WORD, lambda w: draw(st.one_of(pool, typos(w))))
+    elif kind == "unknown_kind":
+        return _replace_match(draw, text, BLOCK_KIND, lambda _: draw(st.sampled_from(UNKNOWN_KINDS)))
+    return "".join(lines)
+
+
+@st.composite
+def corrupted(draw, text: str) -> str:
+    for _ in range(draw(st.integers(1, 2))):
+        text = draw(corrupt_once(text))
+    return text
+
+
+def _clashing_stage_name(spec: Spec) -> bool:
+    """A stage named like an nn.Module attribute ('training', 'stages', ...): the loader
+    accepts it but the compiler refuses it -- a known gap, see test_stage_name_clash_*."""
+    return any(hasattr(StagedNet, s.name) or s.name in ("spec", "stage_names", "expected_shapes", "training")
+               for s in spec.stages)
+
+
+def assert_loads_cleanly(text: str) -> None:
+    """``loads`` gives a spec that compiles, or a one-line SpecError at x.yaml[:line]."""
+    try:
+        spec = loads(text, source="x.yaml")
+    except SpecError as err:
+        msg = str(err)
+        assert "\n" not in msg, msg
+        assert ERROR_LINE.match(msg), msg
+        return
+    try:
+        net = compile_spec(spec, device="meta", check=True)
+    except SpecError as err:
+        if _clashing_stage_name(spec):
+            return  # known, see test_stage_name_clash_is_reported_by_loads
+        pytest.fail(f"loads() accepted the spec but compile_spec refused it: {err}\n--- text ---\n{text}")
+    check_shapes(net)
+
+
+@settings(max_examples=300, **SETTINGS)
+@given(spec=specs(), data=st.data())
+def test_corrupted_generated_yaml_fails_cleanly(spec, data):
+    assert_loads_cleanly(data.draw(corrupted(dumps(spec)), label="corrupted"))
+
+
+@settings(max_examples=200, **SETTINGS)
+@given(data=st.data())
+def test_corrupted_presnet50_yaml_fails_cleanly(data):
+    assert_loads_cleanly(data.draw(corrupted(PRESNET50_TEXT), label="corrupted"))
+
+
+def _validate_via_cli(text: str):
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "x.yaml"
+        path.write_text(text, encoding="utf-8")
+        return CliRunner().invoke(main, ["validate", str(path)], catch_exceptions=True)
+
+
+@settings(max_examples=40, **SETTINGS)
+@given(data=st.data(), use_presnet=st.booleans())
+def test_cli_validate_on_corrupted_yaml(data, use_presnet):
+    base = PRESNET50_TEXT if use_presnet else dumps(data.draw(specs(), label="spec"))
+    result = _validate_via_cli(data.draw(corrupted(base), label="corrupted"))
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert result.exit_code in (0, 2), result.output
+    assert "Traceback" not in result.output
+    lines = result.output.splitlines()
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith("ok: " if result.exit_code == 0 else "error: "), result.output
+
+
+# -- fixed examples ---------------------------------------------------------------------------
+def test_presnet50_text_itself_is_valid():
+    assert_loads_cleanly(PRESNET50_TEXT)
+    result = _validate_via_cli(PRESNET50_TEXT)
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.xfail(strict=True, reason="loads() accepts stage names that clash with nn.Module attributes "
+                                       "('training', 'stages', 'forward', ...); only compile_spec refuses them, "
+                                       "without file:line")
+@pytest.mark.parametrize("name", ["training", "stages", "forward"])
+def test_stage_name_clash_is_reported_by_loads(name):
+    text = PRESNET50_TEXT.replace("name: res3\n", f"name: {name}\n")
+    with pytest.raises(SpecError, match=r"^x\.yaml:\d+: "):
+        loads(text, source="x.yaml")
