@@ -1,0 +1,189 @@
+"""Traced counts: run a module on meta tensors under a dispatch mode and count what runs.
+
+Nothing is allocated, so tracing costs the same at batch 1 and batch 256. Per stage we get:
+MACs by op class in the forward and in the backward pass (the real autograd graph, not a
+fixed factor), and the exact bytes autograd saves for backward (parameters and buffers
+excluded, each storage counted once). The op classes and their costs are those of
+archspec.profile.analytic, so the two can be held equal.
+"""
+from __future__ import annotations
+
+import math
+from collections import OrderedDict, defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from archspec.profile.analytic import OP_CLASSES
+
+aten = torch.ops.aten
+
+
+def _numel(t) -> int:
+    return t.numel() if isinstance(t, torch.Tensor) else 0
+
+
+def _conv_macs(out_shape, weight) -> int:
+    # every output element: (Cin / groups) * prod(kernel) multiply-adds
+    return math.prod(out_shape) * math.prod(weight.shape[1:])
+
+
+def _conv(args, kwargs, out):
+    return "conv", _conv_macs(out.shape, args[1])
+
+
+def _conv_backward(args, kwargs, out):
+    grad_output, _, weight = args[0], args[1], args[2]
+    mask = args[-1]
+    per_grad = _conv_macs(grad_output.shape, weight)
+    return "conv", per_grad * (int(mask[0]) + int(mask[1]))  # grad_input and grad_weight
+
+
+def _matmul(args, kwargs, out):
+    a, b = args[-2], args[-1]  # addmm(bias, a, b) or mm(a, b)
+    return "fc", a.shape[0] * a.shape[1] * b.shape[1]
+
+
+def _per_out(cls, factor=1):
+    return lambda args, kwargs, out: (cls, factor * _numel(out if isinstance(out, torch.Tensor) else out[0]))
+
+
+def _per_in(cls, factor=1):
+    return lambda args, kwargs, out: (cls, factor * _numel(args[0]))
+
+
+def _max_pool(args, kwargs, out):
+    kernel = args[1] if len(args) > 1 else kwargs["kernel_size"]
+    return "pool", _numel(out[0]) * math.prod(kernel if len(kernel) == 2 else (kernel[0], kernel[0]))
+
+
+def _add(args, kwargs, out):
+    # 0-dim adds are bookkeeping (batch norm's num_batches_tracked), not arithmetic on features
+    return ("add", _numel(out)) if out.dim() > 0 else None
+
+
+def _mean(args, kwargs, out):
+    return "pool", _numel(args[0])
+
+
+# Each rule maps an aten op to (op class, MACs). Forward costs follow analytic.py; backward
+# costs: conv and fc exact (grad input + grad weight), batch norm 2 per element, ReLU 1 per
+# element, gradient accumulation 1 per element, pooling 1 per input element, bilinear 4 per
+# output element of the forward.
+RULES = {
+    aten.convolution: _conv,
+    aten.convolution_backward: _conv_backward,
+    aten.addmm: _matmul,
+    aten.mm: _matmul,
+    aten.native_batch_norm: _per_in("bn"),
+    aten._native_batch_norm_legit: _per_in("bn"),
+    aten._native_batch_norm_legit_no_training: _per_in("bn"),
+    aten._batch_norm_with_update: _per_in("bn"),
+    aten.native_batch_norm_backward: _per_in("bn", 2),
+    aten.batch_norm_backward: _per_in("bn", 2),
+    aten.relu: _per_out("relu"),
+    aten.relu_: _per_out("relu"),
+    aten.threshold_backward: _per_out("relu"),
+    aten.add: _add,
+    aten.add_: _add,
+    aten.max_pool2d_with_indices: _max_pool,
+    aten.max_pool2d_with_indices_backward: _per_out("pool"),
+    aten.mean: _mean,
+    aten.upsample_bilinear2d: _per_out("interp", 4),
+    aten.upsample_bilinear2d_backward: _per_in("interp", 4),
+}
+# The global average pool's backward: expand the gradient, divide by H*W (1 per input element).
+BACKWARD_ONLY = {aten.div: _per_out("pool")}
+
+
+@dataclass
+class TracedStage:
+    """Counts for one stage at the traced batch size (whole batch, not per image)."""
+
+    name: str
+    params: int = 0
+    forward: dict[str, int] = field(default_factory=lambda: dict.fromkeys(OP_CLASSES, 0))
+    backward: dict[str, int] = field(default_factory=lambda: dict.fromkeys(OP_CLASSES, 0))
+    saved_bytes: int = 0  # autograd's saved tensors, each storage once, params/buffers excluded
+    saved_tensors: int = 0
+    output_shape: tuple = ()
+    conv_output_elems: int = 0
+
+
+class _Counter(TorchDispatchMode):
+    def __init__(self, stages: dict[str, TracedStage]):
+        super().__init__()
+        self.stages = stages
+        self.current: str | None = None
+        self.backward = False
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        rule = RULES.get(func.overloadpacket)
+        if rule is None and self.backward:
+            rule = BACKWARD_ONLY.get(func.overloadpacket)
+        if rule is not None and self.current is not None:
+            counted = rule(args, kwargs, out)
+            if counted is not None:
+                stage = self.stages[self.current]
+                (stage.backward if self.backward else stage.forward)[counted[0]] += counted[1]
+                if func.overloadpacket is aten.convolution:
+                    stage.conv_output_elems += _numel(out)
+        return out
+
+
+def trace(module: nn.Module, stages: Mapping[str, nn.Module], example: torch.Tensor,
+          backward: bool = True, run=None) -> "OrderedDict[str, TracedStage]":
+    """Trace ``run(module, example)`` (default: ``module(example)``) on the meta device.
+
+    ``stages`` names the submodules that run in sequence (e.g. ``net.stages``); every op
+    is attributed to the stage running it, in the backward pass too: a hook on each stage's
+    output switches attribution when the gradient reaches it. ``module`` and ``example``
+    must live on the meta device. The backward pass starts from a gradient of ones on the
+    output (no loss function is counted).
+    """
+    result = OrderedDict((name, TracedStage(name)) for name in stages)
+    counter = _Counter(result)
+    frozen = {StorageWeakRef(t.untyped_storage()) for t in list(module.parameters()) + list(module.buffers())}
+    seen: set = set()
+
+    def pack(t: torch.Tensor):
+        storage = t.untyped_storage()
+        key = StorageWeakRef(storage)
+        if counter.current is not None and key not in frozen and key not in seen:
+            seen.add(key)
+            stage = result[counter.current]
+            stage.saved_bytes += storage.nbytes()
+            stage.saved_tensors += 1
+        return t
+
+    handles = []
+    for name, sub in stages.items():
+        result[name].params = sum(p.numel() for p in sub.parameters())
+
+        def enter(mod, inputs, name=name):
+            counter.current = name
+
+        def leave(mod, inputs, output, name=name):
+            result[name].output_shape = tuple(output.shape)
+            if output.requires_grad:
+                output.register_hook(lambda grad, name=name: setattr(counter, "current", name))
+
+        handles.append(sub.register_forward_pre_hook(enter))
+        handles.append(sub.register_forward_hook(leave))
+    try:
+        with counter, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = run(module, example) if run is not None else module(example)
+            if backward and out.requires_grad:
+                counter.backward = True
+                counter.current = next(reversed(result))
+                out.backward(torch.ones_like(out))
+    finally:
+        for h in handles:
+            h.remove()
+    return result
