@@ -58,6 +58,65 @@ def show(spec, as_yaml):
     print_stage_table(loaded)
 
 
+def _size(ctx, param, value):
+    if value is None:
+        return None
+    from archspec.spec.notation import parse_size
+
+    try:
+        return parse_size(value, "--size")
+    except UserError as err:
+        raise click.BadParameter(err.message) from None
+
+
+def _ops(ctx, param, value):
+    from archspec.profile.analytic import OP_CLASSES
+
+    ops = tuple(OP_CLASSES) if value.strip() == "all" else tuple(o.strip() for o in value.split(",") if o.strip())
+    bad = [o for o in ops if o not in OP_CLASSES]
+    if bad or not ops:
+        raise click.BadParameter(f"unknown op class '{bad[0] if bad else value}'; use some of "
+                                 f"{','.join(OP_CLASSES)} or 'all'")
+    return ops
+
+
+@main.command()
+@SPEC_ARG
+@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Images per batch (training memory counts 2 views: 2 x batch).")
+@click.option("--size", callback=_size, metavar="HxW", help="Input resolution (default: the spec's, e.g. 224x224).")
+@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16", "float64"]), default="float32",
+              show_default=True, help="Element type of weights and activations.")
+@click.option("--optimizer", type=click.Choice(["sgd", "lars", "adam"]), default="sgd", show_default=True,
+              help="Optimizer whose state counts in training memory (sgd/lars: momentum; adam: 2 moments).")
+@click.option("--ops", default="conv,fc", show_default=True, callback=_ops,
+              help="Op classes counted in FLOPs: conv,fc,bn,relu,add,pool,interp or 'all'.")
+@click.option("--format", "fmt", type=click.Choice(["table", "md", "tex", "csv", "json"]), default="table",
+              show_default=True, help="Output format.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), help="Write to FILE (atomically).")
+def profile(spec, batch, size, dtype, optimizer, ops, fmt, output):
+    """Per-stage parameters, FLOPs (forward and backward), activation memory and peak
+    training memory (SimCLR end-to-end, GIM, LoCo), counted on meta tensors."""
+    from archspec.spec import load_spec
+
+    loaded = load_spec(spec)
+    from archspec.profile.profiler import profile as run_profile
+    from archspec.report import profile_tables
+
+    doc = run_profile(loaded, batch=batch, size=size, dtype=dtype, optimizer=optimizer, ops=ops).to_dict()
+    if fmt == "table" and not output:
+        profile_tables.print_terminal(doc)
+        return
+    text = profile_tables.render(doc, "md" if fmt == "table" else fmt)
+    if output:
+        from archspec.io import write_text_atomic
+
+        write_text_atomic(output, text)
+        click.echo(f"wrote {output}", err=True)
+    else:
+        click.echo(text, nl=False)
+
+
 @main.command()
 @SPEC_ARG
 def validate(spec):

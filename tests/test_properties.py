@@ -226,10 +226,25 @@ def _clashing_stage_name(spec: Spec) -> bool:
                for s in spec.stages)
 
 
+_U_ESCAPE = re.compile(r"\\U([0-9A-Fa-f]{8})")
+
+
+def _known_bad_escape(text: str, exc: BaseException | None) -> bool:
+    """A double-quoted YAML escape ``\\UXXXXXXXX`` above U+10FFFF (a replaced number in an
+    escaped title/notes makes one): PyYAML's chr() raises a bare ValueError or OverflowError
+    that the loader lets through -- a known bug, see test_yaml_value_errors_are_spec_errors."""
+    return (isinstance(exc, (ValueError, OverflowError))
+            and any(int(m.group(1), 16) > 0x10FFFF for m in _U_ESCAPE.finditer(text)))
+
+
 def assert_loads_cleanly(text: str) -> None:
     """``loads`` gives a spec that compiles, or a one-line SpecError at x.yaml[:line]."""
     try:
         spec = loads(text, source="x.yaml")
+    except (ValueError, OverflowError) as exc:
+        if _known_bad_escape(text, exc):
+            return
+        raise
     except SpecError as err:
         msg = str(err)
         assert "\n" not in msg, msg
@@ -267,7 +282,10 @@ def _validate_via_cli(text: str):
 @given(data=st.data(), use_presnet=st.booleans())
 def test_cli_validate_on_corrupted_yaml(data, use_presnet):
     base = PRESNET50_TEXT if use_presnet else dumps(data.draw(specs(), label="spec"))
-    result = _validate_via_cli(data.draw(corrupted(base), label="corrupted"))
+    text = data.draw(corrupted(base), label="corrupted")
+    result = _validate_via_cli(text)
+    if _known_bad_escape(text, result.exception):
+        return
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
     assert result.exit_code in (0, 2), result.output
     assert "Traceback" not in result.output
@@ -291,3 +309,30 @@ def test_stage_name_clash_is_reported_by_loads(name):
     text = PRESNET50_TEXT.replace("name: res3\n", f"name: {name}\n")
     with pytest.raises(SpecError, match=r"^x\.yaml:\d+: "):
         loads(text, source="x.yaml")
+
+
+@pytest.mark.xfail(strict=True, reason="loader._compose only catches yaml.YAMLError; PyYAML raises a bare "
+                                       "ValueError/OverflowError for a \\U escape above U+10FFFF and a "
+                                       "ValueError for an impossible date (implicit timestamp)")
+@pytest.mark.parametrize("text", ['name: "\\U1000A000"\nstages: []\n', 'notes: "\\UABCA0000"\nstages: []\n',
+                                  "title: 2020-13-45\nstages: []\n"],
+                         ids=["U-escape-value", "U-escape-overflow", "bad-date"])
+def test_yaml_value_errors_are_spec_errors(text):
+    with pytest.raises(SpecError, match=r"^x\.yaml:\d+: "):
+        loads(text, source="x.yaml")
+
+
+_ONE_STAGE = "input: {{channels: 1, size: {size}}}\nstages:\n  - name: a\n    output_size: {size}\n" \
+             "    blocks: ['conv [1x1, {channels}]']\nhead: {{fc: null}}\n"
+
+
+@pytest.mark.xfail(strict=True, reason="sizes/channels beyond int64 pass validation; compile_spec then "
+                                       "raises TypeError (torch.empty overflow), the CLI shows a traceback")
+@pytest.mark.parametrize("size,channels", [(10**20, 2), (8, 10**20)], ids=["size", "channels"])
+def test_huge_numbers_are_spec_errors(size, channels):
+    text = _ONE_STAGE.format(size=size, channels=channels)
+    try:
+        spec = loads(text, source="x.yaml")
+    except SpecError:
+        return
+    compile_spec(spec, device="meta", check=True)

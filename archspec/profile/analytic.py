@@ -37,7 +37,7 @@ class StageCounts:
     macs: dict[str, int] = field(default_factory=lambda: dict.fromkeys(OP_CLASSES, 0))
     output_elems: int = 0  # the stage's output feature map
     conv_output_elems: int = 0  # every conv's output (projection shortcuts included)
-    block_output_elems: int = 0  # every block's output (the measure behind the paper's Table 6)
+    block_output_elems: int = 0  # every residual block's output (the paper's Table 6 memory)
 
     def add_conv(self, cin: int, kernel: int, cout: int, groups: int, h: int, w: int, relu: bool) -> None:
         n = cout * h * w
@@ -63,7 +63,7 @@ def _block(counts: StageCounts, group: BlockGroup, c: int, h: int, w: int, first
             counts.add_conv(cin, 1, c, 1, h, w, relu=False)  # 1x1 projection shortcut
         counts.macs["add"] += c * h * w
         counts.macs["relu"] += c * h * w
-    counts.block_output_elems += c * h * w
+        counts.block_output_elems += c * h * w
     return c, h, w
 
 

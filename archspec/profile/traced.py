@@ -100,6 +100,64 @@ RULES = {
 BACKWARD_ONLY = {aten.div: _per_out("pool")}
 
 
+def _stat_dtype(x: torch.Tensor) -> torch.dtype:
+    # batch norm keeps its saved mean and inverse std in float32 for half types (as on CUDA)
+    return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+
+
+def _bn_shapes(args):
+    x, training = args[0], args[5]
+    stats = x.new_empty((x.shape[1],) if training else (0,), dtype=_stat_dtype(x))
+    return x.new_empty(x.shape), stats, stats.new_empty(stats.shape)
+
+
+def _bn_backward_shapes(args):
+    x, weight, mask = args[1], args[2], args[-1]
+    grads = (x.new_empty(x.shape), weight.new_empty(weight.shape), weight.new_empty(weight.shape))
+    return tuple(g if m else None for g, m in zip(grads, mask))
+
+
+def _elementwise(args):
+    """Equal shapes and dtypes in, the same shape out; anything else goes to PyTorch."""
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+    first = tensors[0]
+    if all(t.shape == first.shape and t.dtype == first.dtype for t in tensors):
+        return first.new_empty(first.shape)
+    return NotImplemented
+
+
+def _mean_shape(args):
+    x, dims = args[0], [d % args[0].dim() for d in args[1]]
+    keep = len(args) > 2 and args[2]
+    shape = [1 if i in dims else n for i, n in enumerate(x.shape) if keep or i not in dims]
+    return x.new_empty(shape) if len(args) <= 3 else NotImplemented  # no dtype argument
+
+
+def _in_place(args):
+    return args[0]
+
+
+# On the meta device PyTorch runs batch norm, bilinear resizing and even additions through
+# Python decompositions (and imports torch._dynamo on first use: ~1 s in all). Only shapes
+# matter there, so the counter answers these ops itself; autograd, above this mode, records
+# the same graph and saves the same tensors (tests compare with a real run, byte for byte).
+_META_SHORTCUTS = {
+    aten.add: _elementwise,
+    aten.addmm: lambda args: args[1].new_empty((args[1].shape[0], args[2].shape[1])),
+    aten.mm: lambda args: args[0].new_empty((args[0].shape[0], args[1].shape[1])),
+    aten.div: _elementwise,
+    aten.mean: _mean_shape,
+    aten.threshold_backward: _elementwise,
+    aten.relu: _elementwise,
+    aten.relu_: _in_place,
+    aten.add_: _in_place,
+    aten.upsample_bilinear2d: lambda args: args[0].new_empty((*args[0].shape[:2], *args[1])),
+    aten.upsample_bilinear2d_backward: lambda args: args[0].new_empty(tuple(args[2])),
+    aten.native_batch_norm: _bn_shapes,
+    aten.native_batch_norm_backward: _bn_backward_shapes,
+}
+
+
 @dataclass
 class TracedStage:
     """Counts for one stage at the traced batch size (whole batch, not per image)."""
@@ -121,9 +179,18 @@ class _Counter(TorchDispatchMode):
         self.current: str | None = None
         self.backward = False
 
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        # PyTorch wraps modes' __torch_dispatch__ to keep torch.compile out of them, which
+        # imports torch._dynamo (~0.5 s). This mode never runs under torch.compile.
+        return False
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        out = func(*args, **kwargs)
+        shortcut = _META_SHORTCUTS.get(func.overloadpacket)
+        out = shortcut(args) if shortcut is not None and args[0].device.type == "meta" else NotImplemented
+        if out is NotImplemented:
+            out = func(*args, **kwargs)
         rule = RULES.get(func.overloadpacket)
         if rule is None and self.backward:
             rule = BACKWARD_ONLY.get(func.overloadpacket)

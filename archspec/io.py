@@ -1,0 +1,33 @@
+"""Writing files so that nothing a user made is lost half-written."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from archspec.errors import UserError
+
+
+def write_text_atomic(path, text: str) -> None:
+    """Write to a temporary file beside ``path``, then rename over it in one step."""
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_bytes_atomic(path, data: bytes) -> None:
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a directory (hint: give a file name)")
+    directory = path.parent if str(path.parent) else Path(".")
+    if not directory.is_dir():
+        raise UserError(f"directory {directory} does not exist (hint: create it first)")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,189 @@
+"""Per-stage profile of a spec: parameters, forward/backward compute, activation memory and
+peak training memory. ``profile(spec, ...)`` returns a Profile; ``Profile.to_dict()`` is the
+documented JSON document (schema ``archspec.profile/1``, docs/profile.md)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from archspec.errors import UserError
+from archspec.nn.compiler import StagedNet
+from archspec.nn.decoders import Decoder, DecoderConfig
+from archspec.profile.analytic import OP_CLASSES, stage_counts
+from archspec.profile.memory import METHODS, OPTIMIZER_STATES, local_stages, memory_plans
+from archspec.profile.traced import trace
+from archspec.spec.resize import at_input_size
+from archspec.spec.schema import Spec
+
+SCHEMA = "archspec.profile/1"
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+DEFAULT_OPS = ("conv", "fc")
+ACTIVATION_MEASURES = {
+    "output": "the stage's output feature map",
+    "conv_outputs": "sum of every conv output in the stage (projection shortcuts included)",
+    "block_outputs": "sum of every residual block's output in the stage (reproduces the paper's Table 6 memory column)",
+    "saved": "exact bytes autograd saves for backward in training mode (parameters and buffers excluded, "
+             "each storage counted once, the input batch included in the first stage)",
+}
+
+
+@dataclass
+class StageProfile:
+    name: str
+    output_shape: tuple  # (channels, height, width) or (features,) for the head
+    params: int
+    forward: dict[str, int]  # MACs by op class, whole batch
+    backward: dict[str, int]
+    activations: dict[str, int]  # bytes, by measure
+
+
+@dataclass
+class Profile:
+    spec: Spec
+    batch: int
+    dtype: str
+    optimizer: str
+    ops: tuple[str, ...]
+    stages: list[StageProfile]
+    memory: dict = field(default_factory=dict)
+    groups: list[list[str]] = field(default_factory=list)
+
+    @property
+    def bytes_per_element(self) -> int:
+        return torch.empty(0, dtype=DTYPES[self.dtype]).element_size()
+
+    def macs(self, row: StageProfile, backward: bool = False) -> int:
+        counts = row.backward if backward else row.forward
+        return sum(counts[c] for c in self.ops)
+
+    def total(self) -> StageProfile:
+        def add(dicts):
+            return {k: sum(d[k] for d in dicts) for k in dicts[0]}
+
+        return StageProfile("total", (), sum(r.params for r in self.stages), add([r.forward for r in self.stages]),
+                            add([r.backward for r in self.stages]), add([r.activations for r in self.stages]))
+
+    def to_dict(self) -> dict:
+        total = self.total()
+
+        def record(row: StageProfile) -> dict:
+            fwd, bwd = self.macs(row), self.macs(row, backward=True)
+            return {
+                "name": row.name,
+                "output_shape": list(row.output_shape),
+                "params": row.params,
+                "params_share": row.params / total.params if total.params else 0.0,
+                "forward": {"macs": fwd, "flops": 2 * fwd, "share": fwd / self.macs(total) if self.macs(total) else 0.0,
+                            "macs_by_op": dict(row.forward)},
+                "backward": {"macs": bwd, "flops": 2 * bwd, "macs_by_op": dict(row.backward)},
+                "activation_bytes": dict(row.activations),
+                "activation_share": {m: (row.activations[m] / total.activations[m] if total.activations[m] else 0.0)
+                                     for m in row.activations},
+            }
+
+        spec = self.spec
+        doc = {
+            "schema": SCHEMA,
+            "spec": spec.name,
+            "title": spec.title,
+            "settings": {"batch": self.batch, "input_size": list(spec.input_size), "dtype": self.dtype,
+                         "bytes_per_element": self.bytes_per_element, "optimizer": self.optimizer,
+                         "ops": list(self.ops)},
+            "conventions": conventions(self.ops),
+            "stages": [record(r) for r in self.stages],
+            "total": record(total),
+        }
+        if self.memory:
+            simclr = self.memory["simclr"].total
+            doc["training_memory"] = {
+                "images": 2 * self.batch,
+                "local_stages": self.groups,
+                "methods": {m: {**p.as_dict(), "saving_vs_simclr": simclr / p.total} for m, p in self.memory.items()},
+            }
+        return doc
+
+
+def conventions(ops) -> dict:
+    return {
+        "mac": "one multiply-accumulate; conv: Cout*Hout*Wout*(Cin/groups)*k*k, fc: in*out (biases not counted); "
+               "bn, relu, add: 1 per element; max pool: k*k per output, global pool: 1 per input element; "
+               "bilinear: 4 per output element",
+        "flop": "2 x MAC",
+        "ops_counted": list(ops),
+        "all_ops": list(OP_CLASSES),
+        "backward": "traced from the autograd graph from a gradient of ones on the stage chain's output: conv and fc "
+                    "grad input + grad weight exactly (no grad input for the first conv), bn 2 per element, relu 1, "
+                    "gradient accumulation 1, pooling 1 per input element, bilinear 4 per output element",
+        "batch": "counts and bytes are for the whole batch of the settings",
+        "activation_measures": ACTIVATION_MEASURES,
+    }
+
+
+def _meta_net(spec: Spec, dtype: torch.dtype) -> StagedNet:
+    with torch.device("meta"):
+        return StagedNet(spec).to(dtype)
+
+
+def _trace_net(net: StagedNet, batch: int, dtype, backward: bool):
+    spec = net.spec
+    x = torch.empty(batch, spec.input_channels, *spec.input_size, device="meta", dtype=dtype)
+    return trace(net, net.stages, x, backward=backward)
+
+
+def profile(spec: Spec, *, batch: int = 1, size: tuple[int, int] | None = None, dtype: str = "float32",
+            optimizer: str = "sgd", ops=DEFAULT_OPS, training: bool = True,
+            decoder: DecoderConfig = DecoderConfig()) -> Profile:
+    if batch < 1:
+        raise UserError(f"batch must be a positive integer, got {batch}")
+    if dtype not in DTYPES:
+        raise UserError(f"unknown dtype '{dtype}' (hint: use one of {', '.join(DTYPES)})")
+    if optimizer not in OPTIMIZER_STATES:
+        raise UserError(f"unknown optimizer '{optimizer}' (hint: use one of {', '.join(OPTIMIZER_STATES)})")
+    unknown = [o for o in ops if o not in OP_CLASSES]
+    if unknown:
+        raise UserError(f"unknown op class {unknown[0]!r} (hint: use some of {', '.join(OP_CLASSES)} or 'all')")
+    if size is not None:
+        spec = at_input_size(spec, size)
+    torch_dtype = DTYPES[dtype]
+    bpe = torch.empty(0, dtype=torch_dtype).element_size()
+    net = _meta_net(spec, torch_dtype)
+    traced = _trace_net(net, batch, torch_dtype, backward=True)
+    analytic = stage_counts(spec)
+    rows = []
+    for name, t in traced.items():
+        shape = t.output_shape[1:]
+        rows.append(StageProfile(
+            name=name, output_shape=shape, params=t.params, forward=t.forward, backward=t.backward,
+            activations={"output": batch * _prod(shape) * bpe,
+                         "conv_outputs": t.conv_output_elems * bpe,
+                         "block_outputs": batch * analytic[name].block_output_elems * bpe,
+                         "saved": t.saved_bytes}))
+    result = Profile(spec, batch, dtype, optimizer, tuple(ops), rows)
+    if training:
+        groups = local_stages(spec)
+        train = _trace_net(net, 2 * batch, torch_dtype, backward=False)
+        saved = {name: t.saved_bytes for name, t in train.items()}
+        dec_params, dec_saved = [], []
+        for g in groups:
+            c, h, w = train[g[-1]].output_shape[1:]
+            with torch.device("meta"):
+                dec = Decoder(c, decoder).to(torch_dtype)
+            x = torch.empty(2 * batch, c, h, w, device="meta", dtype=torch_dtype, requires_grad=True)
+            d = trace(dec, {"decoder": dec}, x, backward=False)["decoder"]
+            dec_params.append(d.params)
+            dec_saved.append(d.saved_bytes)
+        encoder_params = sum(r.params for r in rows if r.name != "head")
+        result.groups = groups
+        result.memory = memory_plans(groups, saved, encoder_params, dec_params, dec_saved, bpe, optimizer)
+    return result
+
+
+def _prod(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+__all__ = ["ACTIVATION_MEASURES", "DTYPES", "METHODS", "Profile", "StageProfile", "profile"]

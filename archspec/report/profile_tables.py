@@ -1,0 +1,132 @@
+"""Render a profile document (Profile.to_dict()) as a terminal table, markdown, LaTeX, CSV or JSON.
+
+Every renderer reads the same document, so the formats cannot disagree.
+"""
+from __future__ import annotations
+
+import json
+
+MIB = 2 ** 20
+GIGA = 1e9
+FORMATS = ("table", "md", "tex", "csv", "json")
+
+
+def caption(doc: dict) -> str:
+    s = doc["settings"]
+    return (f"{doc['title'] or doc['spec']}: batch {s['batch']}, input {s['input_size'][0]}x{s['input_size'][1]}, "
+            f"{s['dtype']} ({s['bytes_per_element']} bytes/element). GFLOPs = 2 x GMACs of "
+            f"{', '.join(s['ops'])}; backward traced from the autograd graph. Memory in MiB (2^20 bytes): "
+            f"stage output, and bytes saved for backward (exact, parameters excluded).")
+
+
+def stage_rows(doc: dict) -> list[dict]:
+    """Human-readable rows (one per stage, then the total), shared by table, md and tex."""
+    rows = []
+    for rec in doc["stages"] + [doc["total"]]:
+        act = rec["activation_bytes"]
+        fwd, bwd = rec["forward"]["flops"], rec["backward"]["flops"]
+        rows.append({
+            "stage": rec["name"],
+            "output": "x".join(str(d) for d in rec["output_shape"]),
+            "params": f"{rec['params']:,}",
+            "params %": f"{100 * rec['params_share']:.2f}",
+            "fwd GFLOPs": f"{fwd / GIGA:.3f}",
+            "fwd %": f"{100 * rec['forward']['share']:.2f}",
+            "bwd GFLOPs": f"{bwd / GIGA:.3f}",
+            "bwd/fwd": f"{bwd / fwd:.2f}" if fwd else "-",
+            "output MiB": f"{act['output'] / MIB:.2f}" if rec["name"] != "total" else "",
+            "saved MiB": f"{act['saved'] / MIB:.2f}",
+            "saved %": f"{100 * rec['activation_share']['saved']:.2f}",
+        })
+    return rows
+
+
+def memory_rows(doc: dict) -> list[dict]:
+    tm = doc.get("training_memory")
+    if not tm:
+        return []
+    return [{"method": m, "weights": f"{p['weights'] / MIB:.1f}", "gradients": f"{p['gradients'] / MIB:.1f}",
+             "optimizer": f"{p['optimizer'] / MIB:.1f}", "decoders": f"{p['decoders'] / MIB:.1f}",
+             "activations": f"{p['activations'] / MIB:.1f}", "peak MiB": f"{p['total'] / MIB:.1f}",
+             "saving": f"{p['saving_vs_simclr']:.2f}x", "peak at": p["peak_at"]}
+            for m, p in tm["methods"].items()]
+
+
+def memory_caption(doc: dict) -> str:
+    tm = doc["training_memory"]
+    s = doc["settings"]
+    groups = ", ".join("+".join(g) for g in tm["local_stages"])
+    return (f"Peak training memory, {tm['images']} images (2 views x batch {s['batch']}), {s['dtype']}, "
+            f"optimizer {s['optimizer']}; local stages: {groups}; a decoder (residual block with downsampling, "
+            f"global pool, 2-layer MLP to 128-d) per local stage (SimCLR: one, on top). Saving = SimCLR peak / peak.")
+
+
+def csv_frame(doc: dict):
+    """Raw numbers, one row per stage and the total: what scripts should read."""
+    import pandas as pd
+
+    records = []
+    for rec in doc["stages"] + [doc["total"]]:
+        row = {"stage": rec["name"], "output_shape": "x".join(str(d) for d in rec["output_shape"]),
+               "params": rec["params"], "params_share": rec["params_share"],
+               "fwd_macs": rec["forward"]["macs"], "fwd_flops": rec["forward"]["flops"],
+               "fwd_share": rec["forward"]["share"], "bwd_macs": rec["backward"]["macs"],
+               "bwd_flops": rec["backward"]["flops"]}
+        for measure, value in rec["activation_bytes"].items():
+            row[f"act_{measure}_bytes"] = value
+            row[f"act_{measure}_share"] = rec["activation_share"][measure]
+        records.append(row)
+    return pd.DataFrame.from_records(records)
+
+
+def render(doc: dict, fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(doc, indent=2) + "\n"
+    if fmt == "csv":
+        return csv_frame(doc).to_csv(index=False)
+    import pandas as pd
+
+    stages = pd.DataFrame(stage_rows(doc))
+    memory = pd.DataFrame(memory_rows(doc))
+    if fmt == "md":
+        out = f"{caption(doc)}\n\n{stages.to_markdown(index=False, disable_numparse=True)}\n"
+        if len(memory):
+            out += f"\n{memory_caption(doc)}\n\n{memory.to_markdown(index=False, disable_numparse=True)}\n"
+        return out
+    if fmt == "tex":
+        return _latex(stages, caption(doc), f"tab:{doc['spec']}-profile") + (
+            "\n" + _latex(memory, memory_caption(doc), f"tab:{doc['spec']}-memory") if len(memory) else "")
+    raise ValueError(fmt)
+
+
+def _latex(frame, text: str, label: str) -> str:
+    body = frame.rename(columns=lambda c: c.replace("%", r"\%"))
+    body = body.map(lambda v: str(v).replace("%", r"\%").replace("_", r"\_").replace("|", r"$|$"))
+    aligns = "l" + "r" * (len(frame.columns) - 1)
+    return body.style.hide(axis="index").to_latex(
+        caption=text.replace("%", r"\%").replace("_", r"\_"), label=label, position="htbp", position_float="centering",
+        hrules=True, column_format=aligns) 
+
+
+def print_terminal(doc: dict) -> None:
+    from rich.table import Table
+
+    from archspec.report.terminal import console
+
+    con = console()
+    table = Table(title=f"{doc['title'] or doc['spec']}: per-stage profile", caption=caption(doc), caption_justify="left")
+    rows = stage_rows(doc)
+    for col in rows[0]:
+        table.add_column(col, justify="left" if col == "stage" else "right")
+    for row in rows[:-1]:
+        table.add_row(*row.values(), end_section=row is rows[-2])
+    table.add_row(*rows[-1].values(), style="bold")
+    con.print(table)
+    mem = memory_rows(doc)
+    if mem:
+        t2 = Table(title="Peak training memory", caption=memory_caption(doc), caption_justify="left")
+        for col in mem[0]:
+            t2.add_column(col, justify="left" if col in ("method", "peak at") else "right")
+        for row in mem:
+            t2.add_row(*row.values())
+        con.print(t2)
