@@ -2,6 +2,7 @@
 so that ``archspec --help`` stays fast."""
 from __future__ import annotations
 
+import json
 import sys
 
 import click
@@ -10,14 +11,27 @@ from archspec.errors import UserError
 
 
 class _Group(click.Group):
-    """Bad input from the user becomes one line on stderr and exit code 2, no traceback."""
+    """Bad input from the user (a bad spec, a bad option) becomes one line on stderr and exit
+    code 2, never a traceback or a usage screen."""
 
-    def invoke(self, ctx):
+    def main(self, args=None, prog_name=None, **extra):
+        extra.pop("standalone_mode", None)
         try:
-            return super().invoke(ctx)
+            code = super().main(args=args, prog_name=prog_name, standalone_mode=False, **extra)
         except UserError as err:
             click.echo(f"error: {err}", err=True)
-            ctx.exit(err.exit_code)
+            sys.exit(err.exit_code)
+        except click.UsageError as err:
+            where = err.ctx.command_path if err.ctx else "archspec"
+            click.echo(f"error: {err.format_message()} (hint: see '{where} --help')", err=True)
+            sys.exit(2)
+        except click.ClickException as err:
+            click.echo(f"error: {err.format_message()}", err=True)
+            sys.exit(err.exit_code)
+        except click.Abort:
+            click.echo("aborted", err=True)
+            sys.exit(130)
+        sys.exit(code if isinstance(code, int) else 0)
 
 
 SPEC_ARG = click.argument("spec", metavar="SPEC")
@@ -82,7 +96,7 @@ def _ops(ctx, param, value):
 
 @main.command()
 @SPEC_ARG
-@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--batch", type=click.IntRange(min=1), default=256, show_default=True,
               help="Images per batch (training memory counts 2 views: 2 x batch).")
 @click.option("--size", callback=_size, metavar="HxW", help="Input resolution (default: the spec's, e.g. 224x224).")
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16", "float64"]), default="float32",
@@ -91,23 +105,41 @@ def _ops(ctx, param, value):
               help="Optimizer whose state counts in training memory (sgd/lars: momentum; adam: 2 moments).")
 @click.option("--ops", default="conv,fc", show_default=True, callback=_ops,
               help="Op classes counted in FLOPs: conv,fc,bn,relu,add,pool,interp or 'all'.")
+@click.option("--measure", type=click.Choice(["output", "conv_outputs", "block_outputs", "saved"]), default="saved",
+              show_default=True, help="Activation-memory measure shown beside the stage output (all are in JSON/CSV).")
 @click.option("--format", "fmt", type=click.Choice(["table", "md", "tex", "csv", "json"]), default="table",
               show_default=True, help="Output format.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), help="Write to FILE (atomically).")
-def profile(spec, batch, size, dtype, optimizer, ops, fmt, output):
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to FILE (atomically).")
+@click.option("--paper", is_flag=True, help="Print the LoCo paper's Table 6 view (shares per local stage) instead, "
+                                            "with the paper's figures and the differences where known.")
+def profile(spec, batch, size, dtype, optimizer, ops, measure, fmt, output, paper):
     """Per-stage parameters, FLOPs (forward and backward), activation memory and peak
-    training memory (SimCLR end-to-end, GIM, LoCo), counted on meta tensors."""
+    training memory (SimCLR end-to-end, GIM, LoCo), counted on meta tensors.
+
+    Compute is per image; activation memory is at --batch; training memory counts both views
+    of a contrastive batch (2 x --batch images). Conventions: docs/profile.md.
+    """
     from archspec.spec import load_spec
 
     loaded = load_spec(spec)
+    if paper:
+        from archspec.profile.table6 import render_table6, table6
+        from archspec.spec.resize import at_input_size
+
+        doc = table6(at_input_size(loaded, size) if size else loaded)
+        text = json.dumps(doc, indent=2) + "\n" if fmt == "json" else render_table6(doc)
+        return _emit(text, output)
     from archspec.profile.profiler import profile as run_profile
     from archspec.report import profile_tables
 
     doc = run_profile(loaded, batch=batch, size=size, dtype=dtype, optimizer=optimizer, ops=ops).to_dict()
     if fmt == "table" and not output:
-        profile_tables.print_terminal(doc)
+        profile_tables.print_terminal(doc, measure)
         return
-    text = profile_tables.render(doc, "md" if fmt == "table" else fmt)
+    _emit(profile_tables.render(doc, "md" if fmt == "table" else fmt, measure), output)
+
+
+def _emit(text: str, output: str | None) -> None:
     if output:
         from archspec.io import write_text_atomic
 

@@ -33,9 +33,9 @@ class StageProfile:
     name: str
     output_shape: tuple  # (channels, height, width) or (features,) for the head
     params: int
-    forward: dict[str, int]  # MACs by op class, whole batch
+    forward: dict[str, int]  # MACs by op class, per image
     backward: dict[str, int]
-    activations: dict[str, int]  # bytes, by measure
+    activations: dict[str, int]  # bytes at the profile's batch, by measure
 
 
 @dataclass
@@ -115,7 +115,8 @@ def conventions(ops) -> dict:
         "backward": "traced from the autograd graph from a gradient of ones on the stage chain's output: conv and fc "
                     "grad input + grad weight exactly (no grad input for the first conv), bn 2 per element, relu 1, "
                     "gradient accumulation 1, pooling 1 per input element, bilinear 4 per output element",
-        "batch": "counts and bytes are for the whole batch of the settings",
+        "compute": "per image (traced at the batch of the settings and divided by it: every count is linear in it)",
+        "memory": "activation bytes for the batch of the settings; training memory for 2 views x batch images",
         "activation_measures": ACTIVATION_MEASURES,
     }
 
@@ -131,7 +132,7 @@ def _trace_net(net: StagedNet, batch: int, dtype, backward: bool):
     return trace(net, net.stages, x, backward=backward)
 
 
-def profile(spec: Spec, *, batch: int = 1, size: tuple[int, int] | None = None, dtype: str = "float32",
+def profile(spec: Spec, *, batch: int = 256, size: tuple[int, int] | None = None, dtype: str = "float32",
             optimizer: str = "sgd", ops=DEFAULT_OPS, training: bool = True,
             decoder: DecoderConfig = DecoderConfig()) -> Profile:
     if batch < 1:
@@ -154,7 +155,8 @@ def profile(spec: Spec, *, batch: int = 1, size: tuple[int, int] | None = None, 
     for name, t in traced.items():
         shape = t.output_shape[1:]
         rows.append(StageProfile(
-            name=name, output_shape=shape, params=t.params, forward=t.forward, backward=t.backward,
+            name=name, output_shape=shape, params=t.params, forward=_per_image(t.forward, batch),
+            backward=_per_image(t.backward, batch),
             activations={"output": batch * _prod(shape) * bpe,
                          "conv_outputs": t.conv_output_elems * bpe,
                          "block_outputs": batch * analytic[name].block_output_elems * bpe,
@@ -177,6 +179,11 @@ def profile(spec: Spec, *, batch: int = 1, size: tuple[int, int] | None = None, 
         result.groups = groups
         result.memory = memory_plans(groups, saved, encoder_params, dec_params, dec_saved, bpe, optimizer)
     return result
+
+
+def _per_image(counts: dict[str, int], batch: int) -> dict[str, int]:
+    assert all(v % batch == 0 for v in counts.values()), counts  # every op's count is linear in the batch
+    return {k: v // batch for k, v in counts.items()}
 
 
 def _prod(shape) -> int:

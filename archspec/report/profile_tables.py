@@ -11,15 +11,15 @@ GIGA = 1e9
 FORMATS = ("table", "md", "tex", "csv", "json")
 
 
-def caption(doc: dict) -> str:
+def caption(doc: dict, measure: str = "saved") -> str:
     s = doc["settings"]
-    return (f"{doc['title'] or doc['spec']}: batch {s['batch']}, input {s['input_size'][0]}x{s['input_size'][1]}, "
-            f"{s['dtype']} ({s['bytes_per_element']} bytes/element). GFLOPs = 2 x GMACs of "
-            f"{', '.join(s['ops'])}; backward traced from the autograd graph. Memory in MiB (2^20 bytes): "
-            f"stage output, and bytes saved for backward (exact, parameters excluded).")
+    return (f"{doc['title'] or doc['spec']}, input {s['input_size'][0]}x{s['input_size'][1]}, {s['dtype']} "
+            f"({s['bytes_per_element']} bytes/element). Compute per image: GFLOPs = 2 x GMACs of "
+            f"{', '.join(s['ops'])}; backward traced from the autograd graph. Memory in MiB (2^20 bytes) at batch "
+            f"{s['batch']}: stage output, and '{measure}' = {doc['conventions']['activation_measures'][measure]}.")
 
 
-def stage_rows(doc: dict) -> list[dict]:
+def stage_rows(doc: dict, measure: str = "saved") -> list[dict]:
     """Human-readable rows (one per stage, then the total), shared by table, md and tex."""
     rows = []
     for rec in doc["stages"] + [doc["total"]]:
@@ -35,8 +35,8 @@ def stage_rows(doc: dict) -> list[dict]:
             "bwd GFLOPs": f"{bwd / GIGA:.3f}",
             "bwd/fwd": f"{bwd / fwd:.2f}" if fwd else "-",
             "output MiB": f"{act['output'] / MIB:.2f}" if rec["name"] != "total" else "",
-            "saved MiB": f"{act['saved'] / MIB:.2f}",
-            "saved %": f"{100 * rec['activation_share']['saved']:.2f}",
+            f"{measure} MiB": f"{act[measure] / MIB:.2f}",
+            f"{measure} %": f"{100 * rec['activation_share'][measure]:.2f}",
         })
     return rows
 
@@ -79,22 +79,22 @@ def csv_frame(doc: dict):
     return pd.DataFrame.from_records(records)
 
 
-def render(doc: dict, fmt: str) -> str:
+def render(doc: dict, fmt: str, measure: str = "saved") -> str:
     if fmt == "json":
         return json.dumps(doc, indent=2) + "\n"
     if fmt == "csv":
         return csv_frame(doc).to_csv(index=False)
     import pandas as pd
 
-    stages = pd.DataFrame(stage_rows(doc))
+    stages = pd.DataFrame(stage_rows(doc, measure))
     memory = pd.DataFrame(memory_rows(doc))
     if fmt == "md":
-        out = f"{caption(doc)}\n\n{stages.to_markdown(index=False, disable_numparse=True)}\n"
+        out = f"{caption(doc, measure)}\n\n{stages.to_markdown(index=False, disable_numparse=True)}\n"
         if len(memory):
             out += f"\n{memory_caption(doc)}\n\n{memory.to_markdown(index=False, disable_numparse=True)}\n"
         return out
     if fmt == "tex":
-        return _latex(stages, caption(doc), f"tab:{doc['spec']}-profile") + (
+        return _latex(stages, caption(doc, measure), f"tab:{doc['spec']}-profile") + (
             "\n" + _latex(memory, memory_caption(doc), f"tab:{doc['spec']}-memory") if len(memory) else "")
     raise ValueError(fmt)
 
@@ -105,17 +105,18 @@ def _latex(frame, text: str, label: str) -> str:
     aligns = "l" + "r" * (len(frame.columns) - 1)
     return body.style.hide(axis="index").to_latex(
         caption=text.replace("%", r"\%").replace("_", r"\_"), label=label, position="htbp", position_float="centering",
-        hrules=True, column_format=aligns) 
+        hrules=True, column_format=aligns)
 
 
-def print_terminal(doc: dict) -> None:
+def print_terminal(doc: dict, measure: str = "saved") -> None:
     from rich.table import Table
 
     from archspec.report.terminal import console
 
     con = console()
-    table = Table(title=f"{doc['title'] or doc['spec']}: per-stage profile", caption=caption(doc), caption_justify="left")
-    rows = stage_rows(doc)
+    table = Table(title=f"{doc['title'] or doc['spec']}: per-stage profile", caption=caption(doc, measure),
+                  caption_justify="left")
+    rows = stage_rows(doc, measure)
     for col in rows[0]:
         table.add_column(col, justify="left" if col == "stage" else "right")
     for row in rows[:-1]:
