@@ -18,9 +18,13 @@ setup(
         "click>=8.1",
         "rich>=13",
         "numpy",  # torch warns at import without it
+        "pandas>=2",  # report tables (markdown via tabulate, LaTeX via jinja2)
+        "tabulate>=0.9",
+        "jinja2>=3",
     ],
     extras_require={
-        "test": ["pytest>=7", "hypothesis>=6.80"],
+        # fvcore and ptflops: independent FLOP counters the tests reconcile with archspec's
+        "test": ["pytest>=7", "hypothesis>=6.80", "fvcore>=0.1.5", "ptflops>=0.7"],
     },
     entry_points={"console_scripts": ["archspec=archspec.cli:main"]},
 )

@@ -73,7 +73,7 @@ def memory_plans(groups: list[list[str]], saved: dict[str, int], encoder_params:
                                   activations=sum(group_saved) + decoder_saved[-1], peak_unit="all", **common)}
     gim = [(group_saved[k] + decoder_saved[k], labels[k]) for k in range(len(groups))]
     loco = [((group_saved[k - 1] if k else 0) + group_saved[k] + decoder_saved[k],
-             (labels[k - 1] + " | " if k else "") + labels[k]) for k in range(len(groups))]
+             f"({labels[k - 1]}, {labels[k]})" if k else labels[k]) for k in range(len(groups))]
     for method, options in (("gim", gim), ("loco", loco)):
         acts, unit = max(options)
         plans[method] = MemoryPlan(method, decoders=sum(decoder_params) * per_param, activations=acts,

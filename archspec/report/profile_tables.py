@@ -101,7 +101,7 @@ def render(doc: dict, fmt: str, measure: str = "saved") -> str:
 
 def _latex(frame, text: str, label: str) -> str:
     body = frame.rename(columns=lambda c: c.replace("%", r"\%"))
-    body = body.map(lambda v: str(v).replace("%", r"\%").replace("_", r"\_").replace("|", r"$|$"))
+    body = body.map(lambda v: str(v).replace("%", r"\%").replace("_", r"\_").replace("&", r"\&"))
     aligns = "l" + "r" * (len(frame.columns) - 1)
     return body.style.hide(axis="index").to_latex(
         caption=text.replace("%", r"\%").replace("_", r"\_"), label=label, position="htbp", position_float="centering",
