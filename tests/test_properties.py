@@ -219,32 +219,10 @@ def corrupted(draw, text: str) -> str:
     return text
 
 
-def _clashing_stage_name(spec: Spec) -> bool:
-    """A stage named like an nn.Module attribute ('training', 'stages', ...): the loader
-    accepts it but the compiler refuses it -- a known gap, see test_stage_name_clash_*."""
-    return any(hasattr(StagedNet, s.name) or s.name in ("spec", "stage_names", "expected_shapes", "training")
-               for s in spec.stages)
-
-
-_U_ESCAPE = re.compile(r"\\U([0-9A-Fa-f]{8})")
-
-
-def _known_bad_escape(text: str, exc: BaseException | None) -> bool:
-    """A double-quoted YAML escape ``\\UXXXXXXXX`` above U+10FFFF (a replaced number in an
-    escaped title/notes makes one): PyYAML's chr() raises a bare ValueError or OverflowError
-    that the loader lets through -- a known bug, see test_yaml_value_errors_are_spec_errors."""
-    return (isinstance(exc, (ValueError, OverflowError))
-            and any(int(m.group(1), 16) > 0x10FFFF for m in _U_ESCAPE.finditer(text)))
-
-
 def assert_loads_cleanly(text: str) -> None:
     """``loads`` gives a spec that compiles, or a one-line SpecError at x.yaml[:line]."""
     try:
         spec = loads(text, source="x.yaml")
-    except (ValueError, OverflowError) as exc:
-        if _known_bad_escape(text, exc):
-            return
-        raise
     except SpecError as err:
         msg = str(err)
         assert "\n" not in msg, msg
@@ -253,19 +231,17 @@ def assert_loads_cleanly(text: str) -> None:
     try:
         net = compile_spec(spec, device="meta", check=True)
     except SpecError as err:
-        if _clashing_stage_name(spec):
-            return  # known, see test_stage_name_clash_is_reported_by_loads
         pytest.fail(f"loads() accepted the spec but compile_spec refused it: {err}\n--- text ---\n{text}")
     check_shapes(net)
 
 
-@settings(max_examples=300, **SETTINGS)
+@settings(max_examples=150, **SETTINGS)
 @given(spec=specs(), data=st.data())
 def test_corrupted_generated_yaml_fails_cleanly(spec, data):
     assert_loads_cleanly(data.draw(corrupted(dumps(spec)), label="corrupted"))
 
 
-@settings(max_examples=200, **SETTINGS)
+@settings(max_examples=60, **SETTINGS)
 @given(data=st.data())
 def test_corrupted_presnet50_yaml_fails_cleanly(data):
     assert_loads_cleanly(data.draw(corrupted(PRESNET50_TEXT), label="corrupted"))
@@ -284,8 +260,6 @@ def test_cli_validate_on_corrupted_yaml(data, use_presnet):
     base = PRESNET50_TEXT if use_presnet else dumps(data.draw(specs(), label="spec"))
     text = data.draw(corrupted(base), label="corrupted")
     result = _validate_via_cli(text)
-    if _known_bad_escape(text, result.exception):
-        return
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
     assert result.exit_code in (0, 2), result.output
     assert "Traceback" not in result.output
@@ -301,19 +275,14 @@ def test_presnet50_text_itself_is_valid():
     assert result.exit_code == 0, result.output
 
 
-@pytest.mark.xfail(strict=True, reason="loads() accepts stage names that clash with nn.Module attributes "
-                                       "('training', 'stages', 'forward', ...); only compile_spec refuses them, "
-                                       "without file:line")
 @pytest.mark.parametrize("name", ["training", "stages", "forward"])
 def test_stage_name_clash_is_reported_by_loads(name):
+    """Names of StagedNet attributes would shadow them; refused at the stage's line."""
     text = PRESNET50_TEXT.replace("name: res3\n", f"name: {name}\n")
     with pytest.raises(SpecError, match=r"^x\.yaml:\d+: "):
         loads(text, source="x.yaml")
 
 
-@pytest.mark.xfail(strict=True, reason="loader._compose only catches yaml.YAMLError; PyYAML raises a bare "
-                                       "ValueError/OverflowError for a \\U escape above U+10FFFF and a "
-                                       "ValueError for an impossible date (implicit timestamp)")
 @pytest.mark.parametrize("text", ['name: "\\U1000A000"\nstages: []\n', 'notes: "\\UABCA0000"\nstages: []\n',
                                   "title: 2020-13-45\nstages: []\n"],
                          ids=["U-escape-value", "U-escape-overflow", "bad-date"])
@@ -326,13 +295,8 @@ _ONE_STAGE = "input: {{channels: 1, size: {size}}}\nstages:\n  - name: a\n    ou
              "    blocks: ['conv [1x1, {channels}]']\nhead: {{fc: null}}\n"
 
 
-@pytest.mark.xfail(strict=True, reason="sizes/channels beyond int64 pass validation; compile_spec then "
-                                       "raises TypeError (torch.empty overflow), the CLI shows a traceback")
 @pytest.mark.parametrize("size,channels", [(10**20, 2), (8, 10**20)], ids=["size", "channels"])
 def test_huge_numbers_are_spec_errors(size, channels):
     text = _ONE_STAGE.format(size=size, channels=channels)
-    try:
-        spec = loads(text, source="x.yaml")
-    except SpecError:
-        return
-    compile_spec(spec, device="meta", check=True)
+    with pytest.raises(SpecError, match=r"^x\.yaml:\d+: .* too large"):
+        loads(text, source="x.yaml")

@@ -24,6 +24,10 @@ def _compose(text: str, source: str):
     """YAML text -> (plain Python data, {path: line}). Rejects duplicate keys."""
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except (ValueError, OverflowError) as exc:  # PyYAML lets these through for a \\U escape above U+10FFFF
+        line = next((i + 1 for i, t in enumerate(text.splitlines()) if "\\U" in t), None)
+        raise SpecError(f"malformed YAML: {exc}", where=f"{source}:{line}" if line else source,
+                        hint="a \\UXXXXXXXX escape must be at most \\U0010FFFF") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
@@ -53,9 +57,9 @@ def _compose(text: str, source: str):
             return [build(item, path + (i,)) for i, item in enumerate(n.value)]
         try:
             return constructor.construct_object(n, deep=True)
-        except yaml.YAMLError as exc:
+        except (yaml.YAMLError, ValueError, OverflowError) as exc:  # e.g. a date 2020-13-45
             raise SpecError(f"cannot read value: {getattr(exc, 'problem', exc)}",
-                            where=f"{source}:{n.start_mark.line + 1}") from None
+                            where=f"{source}:{n.start_mark.line + 1}", hint="quote it to make it text") from None
 
     return build(node, ()), lines
 

@@ -18,6 +18,10 @@ _CONV_FORM = "'KxK, CHANNELS[, G grps][, stride S]', e.g. '3x3, 256, 2 grps'"
 _BLOCK_FORM = "'KIND [conv; conv; ...] xN', e.g. 'bottleneck [1x1, 64; 3x3, 64; 1x1, 256] x3'"
 
 
+# Far beyond any real network; keeps tensor sizes inside int64 when a spec is compiled.
+MAX_INT = 2**20
+
+
 def positive_int(text, what: str, hint: str | None = None) -> int:
     """Parse a strictly positive integer from YAML data or a notation token."""
     if isinstance(text, bool):
@@ -31,6 +35,8 @@ def positive_int(text, what: str, hint: str | None = None) -> int:
         raise SpecError(f"{what} must be a positive integer, got '{shown}'", hint=hint)
     if value <= 0:
         raise SpecError(f"{what} must be a positive integer, got {value}", hint=hint)
+    if value > MAX_INT:
+        raise SpecError(f"{what} is too large: {value} (at most {MAX_INT:,})", hint=hint)
     return value
 
 

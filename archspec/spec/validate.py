@@ -18,6 +18,13 @@ _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 RESERVED_NAMES = ("head",)
 
 
+def _module_attribute_names() -> frozenset[str]:
+    """Names a stage may not take because the compiled StagedNet (an nn.Module) has an
+    attribute of that name ('training', 'forward', 'stages', ...). Imported lazily: torch."""
+    from archspec.nn.compiler import StagedNet
+    return frozenset(dir(StagedNet)) | {"spec", "stage_names", "expected_shapes", "training"}
+
+
 @dataclass(frozen=True)
 class StageShape:
     name: str
@@ -56,6 +63,9 @@ def infer_shapes(spec: Spec) -> list[StageShape]:
         if stage.name in RESERVED_NAMES:
             raise SpecError(f"'{stage.name}' is reserved for the head", what=what, path=spath + ("name",),
                             hint="give the stage another name")
+        if stage.name in _module_attribute_names():
+            raise SpecError(f"stage name '{stage.name}' clashes with an attribute of the compiled module",
+                            what=what, path=spath + ("name",), hint="give the stage another name, e.g. res2")
         if stage.name in seen:
             raise SpecError(f"stage name '{stage.name}' is used twice (also stage {seen[stage.name] + 1})",
                             what=what, path=spath + ("name",), hint="stage names must be unique")
