@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from archspec.commands.common import SPEC_ARG, emit, size_option_callback
 from archspec.errors import UserError
 
 
@@ -34,7 +35,6 @@ class _Group(click.Group):
         sys.exit(code if isinstance(code, int) else 0)
 
 
-SPEC_ARG = click.argument("spec", metavar="SPEC")
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -72,17 +72,6 @@ def show(spec, as_yaml):
     print_stage_table(loaded)
 
 
-def _size(ctx, param, value):
-    if value is None:
-        return None
-    from archspec.spec.notation import parse_size
-
-    try:
-        return parse_size(value, "--size")
-    except UserError as err:
-        raise click.BadParameter(err.message) from None
-
-
 def _ops(ctx, param, value):
     from archspec.profile.analytic import OP_CLASSES
 
@@ -98,7 +87,7 @@ def _ops(ctx, param, value):
 @SPEC_ARG
 @click.option("--batch", type=click.IntRange(min=1), default=256, show_default=True,
               help="Images per batch (training memory counts 2 views: 2 x batch).")
-@click.option("--size", callback=_size, metavar="HxW", help="Input resolution (default: the spec's, e.g. 224x224).")
+@click.option("--size", callback=size_option_callback, metavar="HxW", help="Input resolution (default: the spec's, e.g. 224x224).")
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16", "float64"]), default="float32",
               show_default=True, help="Element type of weights and activations.")
 @click.option("--optimizer", type=click.Choice(["sgd", "lars", "adam"]), default="sgd", show_default=True,
@@ -128,7 +117,7 @@ def profile(spec, batch, size, dtype, optimizer, ops, measure, fmt, output, pape
 
         doc = table6(at_input_size(loaded, size) if size else loaded)
         text = json.dumps(doc, indent=2) + "\n" if fmt == "json" else render_table6(doc)
-        return _emit(text, output)
+        return emit(text, output)
     from archspec.profile.profiler import profile as run_profile
     from archspec.report import profile_tables
 
@@ -136,17 +125,7 @@ def profile(spec, batch, size, dtype, optimizer, ops, measure, fmt, output, pape
     if fmt == "table" and not output:
         profile_tables.print_terminal(doc, measure)
         return
-    _emit(profile_tables.render(doc, "md" if fmt == "table" else fmt, measure), output)
-
-
-def _emit(text: str, output: str | None) -> None:
-    if output:
-        from archspec.io import write_text_atomic
-
-        write_text_atomic(output, text)
-        click.echo(f"wrote {output}", err=True)
-    else:
-        click.echo(text, nl=False)
+    emit(profile_tables.render(doc, "md" if fmt == "table" else fmt, measure), output)
 
 
 @main.command()
@@ -163,6 +142,24 @@ def validate(spec):
     total = sum(stage_params(loaded).values())
     click.echo(f"ok: {loaded.name}: {len(loaded.stages)} stages + head, {total:,} parameters, "
                f"output shapes match the spec")
+
+
+def _register_area_commands() -> None:
+    """Commands of each area live in archspec/commands/<area>.py (click only at import)."""
+    import importlib
+    import pkgutil
+
+    import archspec.commands as package
+
+    for info in pkgutil.iter_modules(package.__path__):
+        if info.name == "common":
+            continue
+        module = importlib.import_module(f"archspec.commands.{info.name}")
+        for command in getattr(module, "COMMANDS", ()):
+            main.add_command(command)
+
+
+_register_area_commands()
 
 
 if __name__ == "__main__":  # pragma: no cover
