@@ -21,6 +21,10 @@ setup(
         "pandas>=2",  # report tables (markdown via tabulate, LaTeX via jinja2)
         "tabulate>=0.9",
         "jinja2>=3",
+        "matplotlib>=3.7",  # plots (PNG, PDF)
+        "tqdm>=4.60",  # progress bars (design search, training)
+        "scikit-learn>=1.3",  # digits data set, linear probe, t-SNE
+        "pillow>=9",  # reading image-folder data sets
     ],
     extras_require={
         # fvcore and ptflops: independent FLOP counters the tests reconcile with archspec's
