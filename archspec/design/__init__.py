@@ -1,0 +1,1 @@
+"""Design tools: search and split specs for balanced local stages."""
