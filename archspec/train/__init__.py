@@ -1,0 +1,1 @@
+"""Contrastive training: data, augmentations, methods, losses, the loop, evaluation and figures."""
