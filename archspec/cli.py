@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from archspec.commands.common import SPEC_ARG, emit, size_option_callback
+from archspec.commands.common import SPEC_ARG, emit, ops_option_callback, size_option_callback
 from archspec.errors import UserError
 
 
@@ -72,17 +72,6 @@ def show(spec, as_yaml):
     print_stage_table(loaded)
 
 
-def _ops(ctx, param, value):
-    from archspec.profile.analytic import OP_CLASSES
-
-    ops = tuple(OP_CLASSES) if value.strip() == "all" else tuple(o.strip() for o in value.split(",") if o.strip())
-    bad = [o for o in ops if o not in OP_CLASSES]
-    if bad or not ops:
-        raise click.BadParameter(f"unknown op class '{bad[0] if bad else value}'; use some of "
-                                 f"{','.join(OP_CLASSES)} or 'all'")
-    return ops
-
-
 @main.command()
 @SPEC_ARG
 @click.option("--batch", type=click.IntRange(min=1), default=256, show_default=True,
@@ -92,7 +81,7 @@ def _ops(ctx, param, value):
               show_default=True, help="Element type of weights and activations.")
 @click.option("--optimizer", type=click.Choice(["sgd", "lars", "adam"]), default="sgd", show_default=True,
               help="Optimizer whose state counts in training memory (sgd/lars: momentum; adam: 2 moments).")
-@click.option("--ops", default="conv,fc", show_default=True, callback=_ops,
+@click.option("--ops", default="conv,fc", show_default=True, callback=ops_option_callback,
               help="Op classes counted in FLOPs: conv,fc,bn,relu,add,pool,interp or 'all'.")
 @click.option("--measure", type=click.Choice(["output", "conv_outputs", "block_outputs", "saved"]), default="saved",
               show_default=True, help="Activation-memory measure shown beside the stage output (all are in JSON/CSV).")

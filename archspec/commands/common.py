@@ -21,6 +21,18 @@ def size_option_callback(ctx, param, value):
         raise click.BadParameter(err.message) from None
 
 
+def ops_option_callback(ctx, param, value):
+    """``conv,fc`` or ``all`` -> a tuple of op classes."""
+    from archspec.profile.analytic import OP_CLASSES
+
+    ops = tuple(OP_CLASSES) if value.strip() == "all" else tuple(o.strip() for o in value.split(",") if o.strip())
+    bad = [o for o in ops if o not in OP_CLASSES]
+    if bad or not ops:
+        raise click.BadParameter(f"unknown op class '{bad[0] if bad else value}'; use some of "
+                                 f"{','.join(OP_CLASSES)} or 'all'")
+    return ops
+
+
 def emit(text: str, output: str | None) -> None:
     """Print ``text``, or write it to ``output`` atomically and say so on stderr."""
     if output:

@@ -94,18 +94,11 @@ def render(doc: dict, fmt: str, measure: str = "saved") -> str:
             out += f"\n{memory_caption(doc)}\n\n{memory.to_markdown(index=False, disable_numparse=True)}\n"
         return out
     if fmt == "tex":
-        return _latex(stages, caption(doc, measure), f"tab:{doc['spec']}-profile") + (
-            "\n" + _latex(memory, memory_caption(doc), f"tab:{doc['spec']}-memory") if len(memory) else "")
+        from archspec.report.latex import booktabs_table
+
+        return booktabs_table(stages, caption(doc, measure), f"tab:{doc['spec']}-profile") + (
+            "\n" + booktabs_table(memory, memory_caption(doc), f"tab:{doc['spec']}-memory") if len(memory) else "")
     raise ValueError(fmt)
-
-
-def _latex(frame, text: str, label: str) -> str:
-    body = frame.rename(columns=lambda c: c.replace("%", r"\%"))
-    body = body.map(lambda v: str(v).replace("%", r"\%").replace("_", r"\_").replace("&", r"\&"))
-    aligns = "l" + "r" * (len(frame.columns) - 1)
-    return body.style.hide(axis="index").to_latex(
-        caption=text.replace("%", r"\%").replace("_", r"\_"), label=label, position="htbp", position_float="centering",
-        hrules=True, column_format=aligns)
 
 
 def print_terminal(doc: dict, measure: str = "saved") -> None:

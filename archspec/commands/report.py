@@ -1,0 +1,140 @@
+"""``archspec compare``, ``archspec balance`` and ``archspec report``."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from archspec.commands.common import SPEC_ARG, emit, ops_option_callback, size_option_callback
+
+MEASURES = ["output", "conv_outputs", "block_outputs", "saved"]
+TABLE6_OPS_TEXT = "conv,fc,bn,pool"
+
+
+def _band(ctx, param, value):
+    if value is None:
+        return None
+    from archspec.report.balance import parse_band
+
+    return parse_band(value)  # a UserError: one line, exit 2
+
+
+def _plot_option():
+    return click.option("--plot", "plot_stem", metavar="STEM", type=click.Path(dir_okay=False),
+                        help="Also plot the local stages' shares to STEM.png and STEM.pdf.")
+
+
+def _settings(f):
+    for option in reversed([
+        click.option("--batch", type=click.IntRange(min=1), default=256, show_default=True,
+                     help="Images per batch for activation memory (training memory: 2 x batch)."),
+        click.option("--size", callback=size_option_callback, metavar="HxW",
+                     help="Input resolution (default: each spec's own)."),
+        click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16", "float64"]), default="float32",
+                     show_default=True),
+        click.option("--ops", default=TABLE6_OPS_TEXT, show_default=True, callback=ops_option_callback,
+                     help="Op classes counted in FLOPs (the default is the LoCo paper's Table 6 convention)."),
+    ]):
+        f = option(f)
+    return f
+
+
+def _profiles(specs, batch, size, dtype, ops):
+    from archspec.profile.profiler import profile
+    from archspec.spec import load_spec
+
+    return [profile(load_spec(s), batch=batch, size=size, dtype=dtype, ops=ops).to_dict() for s in specs]
+
+
+@click.command()
+@click.argument("specs", nargs=-1, required=True, metavar="SPEC SPEC [SPEC...]")
+@_settings
+@click.option("--measure", type=click.Choice(MEASURES), default="saved", show_default=True,
+              help="Activation-memory measure compared.")
+@click.option("--format", "fmt", type=click.Choice(["table", "md", "tex", "csv", "json"]), default="table",
+              show_default=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to FILE (atomically).")
+@_plot_option()
+def compare(specs, batch, size, dtype, ops, measure, fmt, output, plot_stem):
+    """Per-stage params, FLOPs and activation memory of several specs side by side, absolute and
+    as shares, with totals (e.g. archspec compare presnet50 resnet50)."""
+    if len(specs) < 2:
+        raise click.UsageError("give at least two specs to compare, e.g. 'archspec compare presnet50 resnet50'")
+    from archspec.report import compare as compare_mod
+
+    profiles = _profiles(specs, batch, size, dtype, ops)
+    doc = compare_mod.compare_docs(profiles, measure)
+    if fmt == "table" and not output:
+        compare_mod.print_terminal(doc)
+    else:
+        emit(compare_mod.render(doc, "md" if fmt == "table" else fmt), output)
+    if plot_stem:
+        _plot([p for p in profiles], measure, None, plot_stem)
+
+
+def _plot(profiles, measure, band, stem):
+    from archspec.report.balance import balance_from_profile
+    from archspec.report.plots import plot_shares
+
+    paths = plot_shares([balance_from_profile(p, band, measure) for p in profiles], stem)
+    click.echo("wrote " + ", ".join(str(p) for p in paths), err=True)
+
+
+@click.command()
+@SPEC_ARG
+@click.option("--band", callback=_band, metavar="LO:HI",
+              help="Share band in percent for every local stage (default: 0.9x to 1.2x of 100/N; 15:20 for 6).")
+@click.option("--check", is_flag=True, help="Exit 1 when any local stage's FLOPs or memory share is outside the band.")
+@_settings
+@click.option("--measure", type=click.Choice(MEASURES), default="block_outputs", show_default=True,
+              help="Activation-memory measure (the default is the paper's).")
+@click.option("--format", "fmt", type=click.Choice(["table", "md", "tex", "csv", "json"]), default="table",
+              show_default=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to FILE (atomically).")
+@_plot_option()
+def balance(spec, band, check, batch, size, dtype, ops, measure, fmt, output, plot_stem):
+    """Shares of FLOPs, memory and params per local stage, imbalance, the stages outside the
+    band, the model-parallel speed bound and the memory saving of GIM and LoCo."""
+    from archspec.report import balance as balance_mod
+
+    (profile_doc,) = _profiles([spec], batch, size, dtype, ops)
+    doc = balance_mod.balance_from_profile(profile_doc, band, measure)
+    if fmt == "table" and not output:
+        balance_mod.print_terminal(doc)
+    else:
+        emit(balance_mod.render(doc, "md" if fmt == "table" else fmt), output)
+    if plot_stem:
+        _plot([profile_doc], measure, band, plot_stem)
+    if check and not doc["balanced"]:
+        names = sorted({o["stage"] for o in doc["outside_band"]})
+        click.echo(f"check failed: {len(names)} local stage(s) outside the band "
+                   f"{doc['settings']['band'][0]:g}:{doc['settings']['band'][1]:g}%: {', '.join(names)}", err=True)
+        sys.exit(1)
+
+
+@click.command()
+@SPEC_ARG
+@click.option("--against", "against", multiple=True, default=("resnet50",), show_default=True, metavar="SPEC",
+              help="Spec(s) to compare with (repeat the option for several).")
+@click.option("-o", "--output", "out", required=True, type=click.Path(file_okay=False),
+              help="Folder to write into (created if missing; only the report's own files are replaced).")
+@click.option("--batch", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--measure", type=click.Choice(MEASURES), default="block_outputs", show_default=True)
+@click.option("--band", callback=_band, metavar="LO:HI", help="Share band (default: per spec, 0.9x to 1.2x of 100/N).")
+def report(spec, against, out, batch, measure, band):
+    """Write every table and plot for SPEC against other specs into a folder, with an index.md
+    that explains them (e.g. archspec report presnet50 --against resnet50 -o reports/presnet50/)."""
+    from archspec.report.bundle import build_report
+    from archspec.spec import load_spec
+
+    specs = [load_spec(s) for s in (spec, *against)]
+    folder = Path(out)
+    if folder.exists() and not folder.is_dir():
+        raise click.BadParameter(f"{out} exists and is not a folder", param_hint="-o")
+    written = build_report(specs, folder, batch=batch, measure=measure, band=band, out_label=out,
+                           progress=lambda what: click.echo(f"{what} ...", err=True))
+    click.echo(f"wrote {len(written) + 1} files to {out} (start with {folder / 'index.md'})", err=True)
+
+
+COMMANDS = [compare, balance, report]

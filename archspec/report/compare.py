@@ -1,0 +1,133 @@
+"""Several specs side by side, stage by stage: params, forward FLOPs and activation memory,
+absolute and as shares of each network, with totals. Built from profile documents, so the
+numbers are the profiler's (same settings for every spec)."""
+from __future__ import annotations
+
+import json
+
+SCHEMA = "archspec.compare/1"
+MIB = 2 ** 20
+
+
+def stage_order(docs: list[dict]) -> list[str]:
+    """The union of the specs' stage names, each network's order kept (conv1, res2 ... res7, head)."""
+    order: list[str] = []
+    for doc in docs:
+        names = [r["name"] for r in doc["stages"]]
+        for i, name in enumerate(names):
+            if name in order:
+                continue
+            # insert after the latest earlier stage of this network already placed
+            before = [order.index(n) for n in names[:i] if n in order]
+            after = [order.index(n) for n in names[i + 1:] if n in order]
+            pos = max(before) + 1 if before else (min(after) if after else len(order))
+            order.insert(pos, name)
+    return order
+
+
+def compare_docs(docs: list[dict], measure: str = "saved") -> dict:
+    """The comparison document: one record per (stage, spec) that exists, plus totals."""
+    first = docs[0]["settings"]
+    rows = []
+    for name in stage_order(docs) + ["total"]:
+        row = {"stage": name, "specs": {}}
+        for doc in docs:
+            rec = doc["total"] if name == "total" else next((r for r in doc["stages"] if r["name"] == name), None)
+            if rec is None:
+                continue
+            row["specs"][doc["spec"]] = {
+                "params": rec["params"], "params_share": rec["params_share"],
+                "flops": rec["forward"]["flops"], "flops_share": rec["forward"]["share"],
+                "memory_bytes": rec["activation_bytes"][measure], "memory_share": rec["activation_share"][measure]}
+        rows.append(row)
+    return {
+        "schema": SCHEMA,
+        "specs": [d["spec"] for d in docs],
+        "titles": {d["spec"]: d["title"] for d in docs},
+        "settings": {"batch": first["batch"], "dtype": first["dtype"], "bytes_per_element": first["bytes_per_element"],
+                     "ops": first["ops"], "measure": measure,
+                     "input_sizes": {d["spec"]: d["settings"]["input_size"] for d in docs}},
+        "conventions": {"flops": f"forward FLOPs per image = 2 x MACs of {', '.join(first['ops'])}",
+                        "memory": docs[0]["conventions"]["activation_measures"][measure]
+                        + f"; bytes at batch {first['batch']}, {first['dtype']}",
+                        "shares": "percent of the network's own total (head included)"},
+        "rows": rows,
+    }
+
+
+def caption(doc: dict) -> str:
+    s, c = doc["settings"], doc["conventions"]
+    sizes = {tuple(v) for v in s["input_sizes"].values()}
+    size = "x".join(map(str, next(iter(sizes)))) if len(sizes) == 1 else "per spec"
+    return (f"{' vs '.join(doc['titles'][n] or n for n in doc['specs'])}, per stage; input {size}. "
+            f"Params: exact counts. FLOPs: {c['flops']} (GFLOPs). Memory: '{s['measure']}' = {c['memory']} (MiB = 2^20 "
+            f"bytes). Shares: {c['shares']}.")
+
+
+def columns(doc: dict) -> list[tuple[str, str]]:
+    """(spec, column) pairs in display order."""
+    return [(spec, col) for spec in doc["specs"]
+            for col in ("params", "params %", "GFLOPs", "FLOPs %", "memory MiB", "memory %")]
+
+
+def display_rows(doc: dict) -> list[list[str]]:
+    out = []
+    for row in doc["rows"]:
+        cells = [row["stage"]]
+        for spec in doc["specs"]:
+            v = row["specs"].get(spec)
+            if v is None:
+                cells += ["-"] * 6
+                continue
+            cells += [f"{v['params']:,}", f"{100 * v['params_share']:.2f}", f"{v['flops'] / 1e9:.3f}",
+                      f"{100 * v['flops_share']:.2f}", f"{v['memory_bytes'] / MIB:.1f}",
+                      f"{100 * v['memory_share']:.2f}"]
+        out.append(cells)
+    return out
+
+
+def csv_frame(doc: dict):
+    """Tidy: one line per (stage, spec) with raw numbers."""
+    import pandas as pd
+
+    records = [{"stage": row["stage"], "spec": spec, **values, "measure": doc["settings"]["measure"]}
+               for row in doc["rows"] for spec, values in row["specs"].items()]
+    return pd.DataFrame.from_records(records)
+
+
+def render(doc: dict, fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(doc, indent=2) + "\n"
+    if fmt == "csv":
+        return csv_frame(doc).to_csv(index=False)
+    import pandas as pd
+
+    if fmt == "md":
+        header = ["stage"] + [f"{spec} {col}" for spec, col in columns(doc)]
+        frame = pd.DataFrame(display_rows(doc), columns=header)
+        return f"{caption(doc)}\n\n{frame.to_markdown(index=False, disable_numparse=True)}\n"
+    if fmt == "tex":
+        from archspec.report.latex import booktabs_table, escape
+
+        header = ["stage"] + [col for _, col in columns(doc)]
+        frame = pd.DataFrame(display_rows(doc), columns=header)
+        groups = " & ".join([""] + [rf"\multicolumn{{6}}{{c}}{{{escape(doc['titles'][s] or s)}}}" for s in doc["specs"]])
+        rules = " ".join(rf"\cmidrule(lr){{{2 + 6 * i}-{7 + 6 * i}}}" for i in range(len(doc["specs"])))
+        return booktabs_table(frame, caption(doc), "tab:compare-" + "-".join(doc["specs"]),
+                              header_rows=[groups + r" \\", rules])
+    raise ValueError(fmt)
+
+
+def print_terminal(doc: dict) -> None:
+    from rich.table import Table
+
+    from archspec.report.terminal import console
+
+    table = Table(title="Per-stage comparison", caption=caption(doc), caption_justify="left")
+    table.add_column("stage")
+    for spec, col in columns(doc):
+        table.add_column(f"{spec}\n{col}", justify="right")
+    rows = display_rows(doc)
+    for i, cells in enumerate(rows):
+        table.add_row(*cells, end_section=i == len(rows) - 2, style="bold" if i == len(rows) - 1 else None)
+    console().print(table)
