@@ -104,3 +104,22 @@ def test_real_forward_backward_reaches_every_parameter():
     assert out.shape == (2, 1000)
     out.sum().backward()
     assert all(p.grad is not None for p in net.parameters())
+
+
+def test_reserved_stage_names_cover_the_compiled_module():
+    """The loader refuses names of StagedNet attributes without importing torch; the list it
+    keeps must cover every public attribute the installed torch gives nn.Module."""
+    from archspec.nn.compiler import StagedNet
+    from archspec.spec.validate import MODULE_ATTRIBUTES
+
+    public = {n for n in dir(StagedNet) if not n.startswith("_")}
+    assert public <= MODULE_ATTRIBUTES, sorted(public - MODULE_ATTRIBUTES)
+
+
+def test_loading_a_spec_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys; from archspec.spec import load_spec; load_spec('presnet50'); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

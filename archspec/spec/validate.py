@@ -18,11 +18,24 @@ _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 RESERVED_NAMES = ("head",)
 
 
-def _module_attribute_names() -> frozenset[str]:
-    """Names a stage may not take because the compiled StagedNet (an nn.Module) has an
-    attribute of that name ('training', 'forward', 'stages', ...). Imported lazily: torch."""
-    from archspec.nn.compiler import StagedNet
-    return frozenset(dir(StagedNet)) | {"spec", "stage_names", "expected_shapes", "training"}
+# Attributes of the compiled StagedNet (an nn.Module): a stage of that name would shadow them.
+# Kept here so that loading a spec needs no torch; tests/test_specs.py checks it against torch.
+MODULE_ATTRIBUTES = frozenset("""
+    T_destination add_module apply bfloat16 buffers call_super_init children compile cpu cuda double
+    dump_patches eval expected_shapes extra_repr float forward get_buffer get_extra_state
+    get_parameter get_submodule half ipu load_state_dict modules mtia named_buffers named_children
+    named_modules named_parameters parameters register_backward_hook register_buffer
+    register_forward_hook register_forward_pre_hook register_full_backward_hook
+    register_full_backward_pre_hook register_load_state_dict_post_hook
+    register_load_state_dict_pre_hook register_module register_parameter
+    register_state_dict_post_hook register_state_dict_pre_hook representation requires_grad_
+    set_extra_state set_submodule share_memory spec stage_names stages state_dict to to_empty train
+    training type xpu zero_grad
+""".split())
+
+
+def _clashes_with_module(name: str) -> bool:
+    return name.startswith("_") or name in MODULE_ATTRIBUTES
 
 
 @dataclass(frozen=True)
@@ -63,8 +76,9 @@ def infer_shapes(spec: Spec) -> list[StageShape]:
         if stage.name in RESERVED_NAMES:
             raise SpecError(f"'{stage.name}' is reserved for the head", what=what, path=spath + ("name",),
                             hint="give the stage another name")
-        if stage.name in _module_attribute_names():
-            raise SpecError(f"stage name '{stage.name}' clashes with an attribute of the compiled module",
+        if _clashes_with_module(stage.name):
+            problem = "starts with '_'" if stage.name.startswith("_") else "clashes with an attribute of the compiled module"
+            raise SpecError(f"stage name '{stage.name}' {problem}",
                             what=what, path=spath + ("name",), hint="give the stage another name, e.g. res2")
         if stage.name in seen:
             raise SpecError(f"stage name '{stage.name}' is used twice (also stage {seen[stage.name] + 1})",
