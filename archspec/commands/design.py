@@ -1,0 +1,66 @@
+"""``archspec design``: search for an N-stage network whose local stages are balanced."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+DEFAULT_FLOPS = "4.1G"
+DEFAULT_PARAMS = "30M"
+
+
+@click.command("design")
+@click.option("--stages", "n_stages", type=int, required=True, metavar="N",
+              help="Number of local stages (the stem folds into the first).")
+@click.option("--band", metavar="LO:HI",
+              help="Share of FLOPs and of memory every stage must take, in percent "
+                   "(default 0.9x100/N : 1.2x100/N, 15:20 for 6 stages).")
+@click.option("--budget-flops", default=DEFAULT_FLOPS, show_default=True, metavar="X",
+              help="At most X forward MACs per image, conv+fc+bn+pool, head included (ResNet-50: 4.10G).")
+@click.option("--budget-params", default=DEFAULT_PARAMS, show_default=True, metavar="Y",
+              help="At most Y parameters, head included (ResNet-50: 25.6M).")
+@click.option("--top", type=click.IntRange(min=1), default=3, show_default=True, metavar="K", help="Print the K best designs.")
+@click.option("--seed", type=int, default=0, show_default=True, metavar="S", help="Random seed (same seed, same designs).")
+@click.option("--time-limit", type=click.FloatRange(min=0, min_open=True), default=60.0, show_default=True,
+              metavar="SEC", help="Stop searching after SEC seconds.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the best design as a spec (YAML).")
+@click.option("--progress/--no-progress", default=None,
+              help="Progress bar on stderr (default: when stderr is a terminal).")
+def design(n_stages, band, budget_flops, budget_params, top, seed, time_limit, output, progress):
+    """Search a PResNet-like design space for an N-stage network whose every local stage
+    takes a share of FLOPs and of memory inside a band, under FLOP and parameter budgets.
+
+    FLOPs are MACs of conv, fc, batch norm and pooling, memory is residual block outputs, per
+    local stage (the LoCo paper's Table 6 convention; see docs/design.md). Budgets take
+    suffixes: 4.1G, 25M, 750k. Exit code 1 when no design is found within --time-limit.
+    """
+    from archspec.design import search as D
+
+    band_text = band
+    band = D.parse_band(band) if band is not None else D.default_band(n_stages)
+    flops = D.parse_count(budget_flops, "--budget-flops")
+    params = D.parse_count(budget_params, "--budget-params")
+    D.check_request(n_stages, band)
+    if progress is None:
+        progress = sys.stderr.isatty()
+    result = D.search(n_stages, band, flops, params, top=top, seed=seed, time_limit=time_limit, progress=progress)
+    lo, hi = band
+    click.echo(f"searched {result.evaluated:,} designs in {result.seconds:.1f} s ({result.rate:,.0f}/s, "
+               f"{result.generations} generations{', cut off by --time-limit' if result.cut_off else ''})", err=True)
+    if not result.designs:
+        raise D.NoDesignFound(
+            f"no {n_stages}-stage design with every stage inside {lo:g}:{hi:g}% and within {flops / 1e9:.2f} G MACs, "
+            f"{params / 1e6:.1f} M params found in {result.seconds:.1f} s (best: {result.best_violation:.2f} "
+            f"points outside) (hint: widen --band, raise the budgets, try another --seed or a longer --time-limit)")
+    click.echo(D.render(result), nl=False)
+    if output:
+        command = (f"archspec design --stages {n_stages}" + (f" --band {band_text}" if band_text else "")
+                   + f" --budget-flops {budget_flops} --budget-params {budget_params} --seed {seed} -o {output}")
+        text = D.spec_text(result, command, output)
+        from archspec.io import write_text_atomic
+
+        write_text_atomic(output, text)
+        click.echo(f"wrote {output}", err=True)
+
+
+COMMANDS = [design]
