@@ -119,8 +119,25 @@ def profile(spec, batch, size, dtype, optimizer, ops, measure, fmt, output, pape
 
 @main.command()
 @SPEC_ARG
-def validate(spec):
-    """Check a spec: notation, consistency, and that it compiles to the declared shapes."""
+@click.option("--memory-budget", metavar="SIZE", help="Training configs: fail if the estimated peak training "
+                                                      "memory exceeds SIZE (e.g. 16GiB, 500MB).")
+@click.option("--check-data", is_flag=True, help="Training configs: fail if the data root does not exist.")
+def validate(spec, memory_budget, check_data):
+    """Check a spec: notation, consistency, and that it compiles to the declared shapes.
+
+    A YAML file with a top-level 'method:' or 'spec:' key is a training config and is checked
+    as one: the spec compiles at the data's size, every decoder fits its stage, and the
+    estimated peak memory fits --memory-budget (docs/training.md).
+    """
+    from archspec.train.config import is_training_config
+
+    if is_training_config(spec):
+        from archspec.commands.train import validate_training_config
+
+        return validate_training_config(spec, memory_budget, check_data)
+    if memory_budget or check_data:
+        raise UserError("--memory-budget and --check-data apply to training configs, not to specs "
+                        "(hint: give a training config, e.g. configs/presnet50_loco.yaml)")
     from archspec.spec import load_spec
 
     loaded = load_spec(spec)

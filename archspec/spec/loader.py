@@ -64,6 +64,12 @@ def _compose(text: str, source: str):
     return build(node, ()), lines
 
 
+def compose(text: str, source: str):
+    """YAML text -> (plain Python data, {path: line}) with ``source:line`` in every error, for
+    other YAML files that want the spec loader's located errors (training configs)."""
+    return _compose(text, source)
+
+
 class _Builder:
     """Turns the plain data of a spec file into a Spec, failing at the right line."""
 

@@ -1,0 +1,195 @@
+"""``archspec train``, ``archspec eval`` and ``archspec plot``; ``archspec validate CONFIG``
+delegates here for training configs. Heavy imports live inside the commands."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from archspec.errors import UserError
+
+
+def _print_validation(path: str, cfg, report) -> None:
+    from archspec.train.config import format_bytes
+
+    mem = report.memory
+    decoders = ", ".join(f"{label} ({c}x{h}x{w})" for label, (c, h, w) in report.decoders.items())
+    click.echo(f"ok: {path}: {cfg.method} on {report.spec_name} at {report.input_size}x{report.input_size}, "
+               f"{report.params:,} encoder parameters, local stages {', '.join(report.local_stages)}")
+    click.echo(f"  decoders fit: {decoders}")
+    budget = f" (budget {format_bytes(report.memory_budget)})" if report.memory_budget else ""
+    click.echo(f"  estimated peak training memory: {format_bytes(mem['total'])}{budget} at batch {cfg.batch} "
+               f"({2 * cfg.batch} images), {cfg.dtype}, {cfg.optimizer.name}; peak at {mem['peak_at']}")
+    if report.data_path is not None:
+        state = "found" if report.data_found else "not found (needed by 'archspec train'; --check-data makes this an error)"
+        click.echo(f"  data: {cfg.data.kind} at {report.data_path}: {state}")
+    else:
+        click.echo(f"  data: {cfg.data.kind} (built in, nothing to look for)")
+
+
+def validate_training_config(path: str, memory_budget: str | None = None, check_data: bool = False) -> None:
+    """``archspec validate CONFIG``: parse, compile, fit decoders, estimate memory."""
+    from archspec.train.config import load_config, parse_bytes, validate_config
+
+    budget = parse_bytes(memory_budget) if memory_budget else None
+    cfg = load_config(path)
+    report = validate_config(cfg, memory_budget=budget, check_data=check_data)
+    _print_validation(path, cfg, report)
+
+
+@click.command("train")
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False),
+              help="Run directory (default: the config's 'output', else runs/<config name>).")
+@click.option("--max-steps", type=click.IntRange(min=1), help="Stop at this global step (the schedule still spans "
+                                                              "the config's epochs); --resume goes on from there.")
+@click.option("--resume", is_flag=True, help="Continue the run in the run directory from its newest checkpoint.")
+@click.option("--memory-budget", metavar="SIZE", help="Refuse to start if the estimated peak memory exceeds SIZE.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
+def train(config, out_dir, max_steps, resume, memory_budget, progress):
+    """Train the encoder of a training CONFIG (SimCLR, GIM or LoCo; see docs/training.md).
+
+    Writes config.yaml, log.jsonl, checkpoints/ and summary.json into the run directory.
+    Ctrl-C saves a checkpoint after the current step and exits with code 130.
+    """
+    from archspec.train.config import default_output, load_config, parse_bytes, validate_config
+    from archspec.train.loop import train as run_training
+
+    cfg = load_config(config)
+    validate_config(cfg, memory_budget=parse_bytes(memory_budget) if memory_budget else None)
+    out = Path(out_dir) if out_dir else default_output(cfg)
+    result = run_training(cfg, out, max_steps=max_steps, resume=resume, progress=progress)
+    s = result.summary
+    change = "; ".join(f"{k[5:]} {s['first_losses'][k]:.3f} -> {v:.3f}" for k, v in s["final_losses"].items()
+                       if v is not None and s["first_losses"].get(k) is not None)
+    speed = f", {s['images_per_s']:.0f} images/s" if s.get("images_per_s") else ""
+    click.echo(f"{result.status}: step {result.step}/{result.total_steps} of {cfg.method} on {s['spec']}{speed}; "
+               f"loss {change}; run {out}")
+    if result.status == "interrupted":
+        click.echo(f"interrupted: checkpoint {out / s['checkpoint']} saved (continue with --resume)", err=True)
+        raise click.exceptions.Exit(130)
+
+
+def _stages(model, stage: str | None) -> list[tuple[str, str | None]]:
+    """(label, stage name for extract_features) for --stage; None: the final representation."""
+    from archspec.profile.memory import local_stages
+
+    groups = local_stages(model.spec)
+    labels = {"+".join(g): g[-1] for g in groups}
+    if stage is None:
+        return [("representation", None)]
+    if stage == "all":
+        return list(labels.items())
+    if stage in labels:
+        return [(stage, labels[stage])]
+    if stage in model.spec.stage_names:
+        return [(stage, stage)]
+    raise UserError(f"unknown stage '{stage}' (hint: use one of {', '.join(list(labels) + ['all'])} "
+                    f"or a stage name: {', '.join(model.spec.stage_names)})")
+
+
+@click.command("eval")
+@click.argument("run", type=click.Path(file_okay=False))
+@click.option("--stage", default=None, help="A local stage (e.g. conv1+res2, res3), a stage name, or 'all'; "
+                                            "default: the final representation (pooled last stage).")
+@click.option("--knn/--no-knn", default=True, show_default=True, help="Also a weighted k-NN classifier (k=20).")
+@click.option("--baseline", is_flag=True, help="Also evaluate the untrained encoder (the run's initialisation).")
+@click.option("--probe-epochs", type=click.IntRange(min=1), default=200, show_default=True,
+              help="L-BFGS iterations of the linear probe.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+def evaluate(run, stage, knn, baseline, probe_epochs, batch_size):
+    """Linear probe and k-NN on frozen features of a trained RUN; writes RUN/eval.json."""
+    from archspec.io import write_text_atomic
+    from archspec.train.data import build_dataset
+    from archspec.train.evaluate import extract_features, knn_accuracy, linear_probe
+    from archspec.train.loop import build_model, load_run, resolve_device
+
+    run = Path(run)
+    model, state = load_run(run)
+    device = resolve_device(model.cfg.device)
+    stages = _stages(model, stage)
+    data = model.cfg.data.data_config(model.spec.input_size[0])
+    train_set, test_set = build_dataset(data, "train"), build_dataset(data, "test")
+    if len(test_set) == 0:
+        raise UserError(f"the data of run {run} has no test split (hint: set data.test_fraction above 0)")
+    encoders = [("trained", model.net)]
+    if baseline:
+        encoders.append(("untrained", build_model(model.cfg).net))
+    rows = []
+    for which, net in encoders:
+        net.to(device)
+        for label, name in stages:
+            tr_x, tr_y = extract_features(net, train_set, stage=name, batch_size=batch_size, device=device)
+            te_x, te_y = extract_features(net, test_set, stage=name, batch_size=batch_size, device=device)
+            row = {"encoder": which, "stage": label, "features": int(tr_x.shape[1]),
+                   "linear_probe": linear_probe(tr_x, tr_y, te_x, te_y, epochs=probe_epochs, seed=model.cfg.seed)}
+            if knn:
+                row["knn"] = knn_accuracy(tr_x, tr_y, te_x, te_y)
+            rows.append(row)
+    doc = {"run": str(run), "method": model.cfg.method, "spec": model.spec.name, "step": state["step"],
+           "train_images": len(train_set), "test_images": len(test_set), "results": rows}
+    write_text_atomic(run / "eval.json", json.dumps(doc, indent=2) + "\n")
+    header = f"{'encoder':<10} {'stage':<16} {'features':>8} {'linear probe':>12}" + (f" {'k-NN':>7}" if knn else "")
+    click.echo(f"{model.cfg.method} on {model.spec.name}, step {state['step']}: accuracy on the test split "
+               f"({len(test_set)} images)")
+    click.echo(header)
+    for row in rows:
+        line = f"{row['encoder']:<10} {row['stage']:<16} {row['features']:>8} {100 * row['linear_probe']:>11.2f}%"
+        if knn:
+            line += f" {100 * row['knn']:>6.2f}%"
+        click.echo(line)
+    click.echo(f"wrote {run / 'eval.json'}", err=True)
+
+
+def _run_names(runs: list[Path]) -> list[str]:
+    names = [r.resolve().name for r in runs]
+    if len(set(names)) < len(names):
+        names = [f"{r.resolve().parent.name}/{r.resolve().name}" for r in runs]
+    return names
+
+
+@click.command("plot")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False),
+              help="Folder for the figures (default: RUN/figures of the first RUN).")
+@click.option("--tsne/--no-tsne", default=True, show_default=True,
+              help="t-SNE of each run's final representation on the test split, coloured by class.")
+@click.option("--tsne-samples", type=click.IntRange(min=10), default=2000, show_default=True,
+              help="At most this many test images in each t-SNE (a seeded subset).")
+def plot(runs, out_dir, tsne, tsne_samples):
+    """Loss curves of every decoder of several RUNs in one figure, and t-SNE plots (PNG + PDF)."""
+    import torch
+
+    from archspec.train.data import build_dataset
+    from archspec.train.evaluate import extract_features
+    from archspec.train.figures import plot_loss_curves, plot_tsne
+    from archspec.train.loop import load_run, read_log
+
+    paths = [Path(r) for r in runs]
+    for run in paths:
+        if not (run / "log.jsonl").is_file():
+            raise UserError(f"{run} is not a run directory: it has no log.jsonl (hint: give the --out of "
+                            f"'archspec train')")
+    names = _run_names(paths)
+    out = Path(out_dir) if out_dir else paths[0] / "figures"
+    out.mkdir(parents=True, exist_ok=True)
+    written = list(plot_loss_curves({name: read_log(run) for name, run in zip(names, paths)}, out / "loss_curves"))
+    if tsne:
+        for name, run in zip(names, paths):
+            model, state = load_run(run)
+            data = model.cfg.data.data_config(model.spec.input_size[0])
+            test_set = build_dataset(data, "test")
+            if len(test_set) > tsne_samples:
+                keep = torch.randperm(len(test_set), generator=torch.Generator().manual_seed(0))[:tsne_samples]
+                test_set = torch.utils.data.Subset(test_set, sorted(keep.tolist()))
+                test_set.classes = test_set.dataset.classes
+            feats, labels = extract_features(model.net, test_set)
+            title = f"{name}: {model.cfg.method}, step {state['step']}, final representation"
+            written += list(plot_tsne(feats, labels, out / f"tsne_{name.replace('/', '_')}",
+                                      classes=getattr(test_set, "classes", None), seed=0, title=title))
+    for path in written:
+        click.echo(f"wrote {path}")
+
+
+COMMANDS = [train, evaluate, plot]

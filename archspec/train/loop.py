@@ -1,0 +1,452 @@
+"""The training runner: data order, two augmented views per batch, the method's forward and
+backward, the optimizer and schedule, logs, checkpoints, resume and Ctrl-C.
+
+A run directory holds::
+
+    config.yaml        the resolved config (absolute paths, every key)
+    log.jsonl          one record per logged step: step, epoch, lr, loss/<local stage>, images_per_s, ...
+    checkpoints/       step-0000500.pt ... (the newest ``keep_checkpoints``), written atomically
+    summary.json       status, steps, first and final losses, throughput
+    tb/                TensorBoard event files (when torch.utils.tensorboard imports)
+
+Resuming restores everything a step depends on (weights, batch-norm statistics, optimizer and
+schedule state, the torch / numpy / python RNGs, the augmentation generator and the position in
+the data order), so on CPU with deterministic algorithms the losses after resuming equal an
+uninterrupted run's bit for bit. The data order of epoch e is a permutation drawn from a
+generator seeded with (seed, e): its state is the (epoch, position) pair in the checkpoint.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import json
+import math
+import random
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from archspec.errors import UserError
+from archspec.io import write_bytes_atomic, write_text_atomic
+from archspec.train.config import TrainConfig, load_config, load_training_spec, loads_config
+
+CHECKPOINT_FORMAT = "archspec.checkpoint/1"
+# Keys that may change between a run and its resumption without changing its numbers.
+RESUME_FREE = {"threads", "log_every", "checkpoint_every", "keep_checkpoints", "tensorboard", "device", "output"}
+
+
+@dataclass
+class RunResult:
+    status: str  # completed | max_steps | interrupted
+    step: int
+    total_steps: int
+    out: Path
+    summary: dict = field(default_factory=dict)
+
+
+# -- small pieces ----------------------------------------------------------------------------
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device '{name}' is not available here (hint: set device: auto or cpu)")
+    return device
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The data order of ``epoch``: a permutation that depends on (seed, epoch) only."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+
+
+def checkpoint_paths(out: Path) -> list[Path]:
+    return sorted((out / "checkpoints").glob("step-*.pt"))
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    paths = checkpoint_paths(out)
+    return paths[-1] if paths else None
+
+
+def read_log(out: Path) -> list[dict]:
+    path = Path(out) / "log.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def dump_config(cfg: TrainConfig) -> str:
+    import yaml
+
+    header = f"# resolved from {cfg.source} by archspec train\n"
+    return header + yaml.safe_dump(cfg.to_data(), sort_keys=False)
+
+
+def _diff(a, b, prefix=""):
+    """The first key where two config dicts differ (ignoring RESUME_FREE and data.workers)."""
+    for key in list(a) + [k for k in b if k not in a]:
+        if not prefix and key in RESUME_FREE or prefix == "data." and key == "workers":
+            continue
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            found = _diff(va, vb, f"{prefix}{key}.")
+            if found:
+                return found
+        elif va != vb:
+            return f"{prefix}{key}"
+    return None
+
+
+class _Stopper:
+    """The first SIGINT asks the loop to stop after the current step (and save); a second
+    one raises KeyboardInterrupt at once."""
+
+    def __init__(self):
+        self.requested = False
+        self.previous = None
+
+    def __enter__(self):
+        try:
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread: Ctrl-C arrives as KeyboardInterrupt
+            self.previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+        return False
+
+
+@contextlib.contextmanager
+def _torch_settings(threads: int | None, deterministic: bool):
+    old_threads = torch.get_num_threads()
+    old_det = torch.are_deterministic_algorithms_enabled()
+    old_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    try:
+        if threads:
+            torch.set_num_threads(threads)
+        if deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        yield
+    finally:
+        torch.set_num_threads(old_threads)
+        torch.use_deterministic_algorithms(old_det, warn_only=old_warn)
+
+
+# -- the model a run trains --------------------------------------------------------------------
+@dataclass
+class Model:
+    cfg: TrainConfig
+    spec: object
+    net: torch.nn.Module
+    decoders: torch.nn.ModuleDict
+    device: torch.device
+
+
+def build_model(cfg: TrainConfig, device: torch.device | str = "cpu") -> Model:
+    """The encoder and decoders of ``cfg``, initialised from ``cfg.seed``."""
+    from archspec.nn.compiler import compile_spec
+    from archspec.train.methods import build_decoders
+
+    spec = load_training_spec(cfg)
+    device = torch.device(device)
+    dtype = getattr(torch, cfg.dtype)
+    torch.manual_seed(cfg.seed)
+    net = compile_spec(spec, device=device).to(dtype)
+    decoders = build_decoders(net, cfg.method, cfg.decoders.decoder_config()).to(dtype)
+    return Model(cfg, spec, net, decoders, device)
+
+
+def load_run(run: Path | str, device: torch.device | str = "cpu", checkpoint: Path | None = None) -> tuple[Model, dict]:
+    """A run's config and model with its newest (or the given) checkpoint loaded."""
+    run = Path(run)
+    if not (run / "config.yaml").is_file():
+        raise UserError(f"{run} is not a run directory: it has no config.yaml (hint: give the --out of "
+                        f"'archspec train')")
+    cfg = load_config(run / "config.yaml")
+    checkpoint = checkpoint or latest_checkpoint(run)
+    if checkpoint is None:
+        raise UserError(f"run {run} has no checkpoint yet (hint: train it first)")
+    state = _load_checkpoint(checkpoint)
+    model = build_model(cfg, device)
+    model.net.load_state_dict(state["model"])
+    model.decoders.load_state_dict(state["decoders"])
+    return model, state
+
+
+def _load_checkpoint(path: Path) -> dict:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a truncated or foreign file
+        raise UserError(f"cannot read checkpoint {path}: {exc}".splitlines()[0]) from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise UserError(f"{path} is not an archspec checkpoint")
+    return state
+
+
+# -- the runner --------------------------------------------------------------------------------
+class Runner:
+    def __init__(self, cfg: TrainConfig, out: Path, progress: bool | None = None):
+        from archspec.train.augment import SimCLRAugment
+        from archspec.train.data import build_dataset
+        from archspec.train.methods import build_method, trainable_modules
+        from archspec.train.optim import WarmupCosine, build_optimizer, param_groups
+
+        self.cfg, self.out, self.progress = cfg, Path(out), progress
+        self.device = resolve_device(cfg.device)
+        self.model = build_model(cfg, self.device)
+        spec = self.model.spec
+        self.size = spec.input_size[0]
+        self.dataset = build_dataset(cfg.data.data_config(self.size), "train")
+        channels = getattr(self.dataset, "channels", spec.input_channels)
+        if channels != spec.input_channels:
+            raise UserError(f"{cfg.source}: the data has {channels} channel(s), spec '{spec.name}' takes "
+                            f"{spec.input_channels} (hint: set data.channels)")
+        self.steps_per_epoch = len(self.dataset) // cfg.batch
+        if self.steps_per_epoch < 1:
+            raise UserError(f"{cfg.where('batch')}: batch {cfg.batch} is larger than the {len(self.dataset)} "
+                            f"training images (hint: lower 'batch')")
+        self.total_steps = cfg.epochs * self.steps_per_epoch
+        self.method = build_method(cfg.method, self.model.net, self.model.decoders, cfg.temperature)
+        o = cfg.optimizer
+        groups = param_groups(trainable_modules(self.model.net, self.model.decoders), o.weight_decay,
+                              o.exclude_bn_bias)
+        self.optimizer = build_optimizer(o.name, groups, lr=o.effective_lr(cfg.batch), momentum=o.momentum,
+                                         trust_coefficient=o.trust_coefficient, betas=o.betas)
+        self.scheduler = WarmupCosine(self.optimizer, self.total_steps, cfg.schedule.warmup(self.steps_per_epoch),
+                                      cfg.schedule.decay, cfg.schedule.final_lr_ratio)
+        self.augment = SimCLRAugment(self.size, **cfg.augment.kwargs())
+        self.aug_generator = torch.Generator(device=self.device).manual_seed(cfg.seed + 1)
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed % 2**32)
+        self.step = 0
+
+    # checkpoints
+    def state(self) -> dict:
+        np_state = np.random.get_state()
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "step": self.step,
+            "total_steps": self.total_steps,
+            "method": self.cfg.method,
+            "spec": self.model.spec.name,
+            "model": self.model.net.state_dict(),
+            "decoders": self.model.decoders.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "data_order": {"seed": self.cfg.seed, "epoch": self.step // self.steps_per_epoch,
+                           "position": self.step % self.steps_per_epoch},
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+                "python": random.getstate(),
+                "augment": self.aug_generator.get_state(),
+            },
+        }
+
+    def save(self) -> Path:
+        folder = self.out / "checkpoints"
+        folder.mkdir(parents=True, exist_ok=True)
+        buffer = io.BytesIO()
+        torch.save(self.state(), buffer)
+        path = folder / f"step-{self.step:07d}.pt"
+        write_bytes_atomic(path, buffer.getvalue())
+        for old in checkpoint_paths(self.out)[:-self.cfg.keep_checkpoints]:
+            old.unlink(missing_ok=True)
+        return path
+
+    def restore(self, path: Path) -> None:
+        state = _load_checkpoint(path)
+        if state["total_steps"] != self.total_steps:
+            raise UserError(f"checkpoint {path} is from a run of {state['total_steps']} steps, this config makes "
+                            f"{self.total_steps} (hint: resume with the run's own config)")
+        self.model.net.load_state_dict(state["model"])
+        self.model.decoders.load_state_dict(state["decoders"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        name, keys, *rest = rng["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+        random.setstate(_tuples(rng["python"]))
+        self.aug_generator.set_state(rng["augment"])
+        self.step = int(state["step"])
+
+    # data
+    def batches(self, start: int, stop: int):
+        """(step, images) for steps start..stop-1, in the data order of each epoch."""
+        def indices(step):
+            epoch, position = divmod(step, self.steps_per_epoch)
+            order = epoch_order(len(self.dataset), self.cfg.seed, epoch)
+            return order[position * self.cfg.batch:(position + 1) * self.cfg.batch].tolist()
+
+        if self.cfg.data.workers == 0:
+            for step in range(start, stop):
+                items = [self.dataset[i] for i in indices(step)]
+                yield step, torch.stack([image for image, _ in items])
+            return
+        loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=[indices(s) for s in range(start, stop)],
+                                             num_workers=self.cfg.data.workers,
+                                             pin_memory=self.device.type == "cuda", persistent_workers=False)
+        for step, (images, _) in zip(range(start, stop), loader):
+            yield step, images
+
+    # the loop
+    def run(self, max_steps: int | None = None, on_step=None) -> RunResult:
+        from tqdm import tqdm
+
+        cfg = self.cfg
+        stop = self.total_steps if max_steps is None else min(self.total_steps, max_steps)
+        start = self.step
+        writer = _tensorboard(self.out) if cfg.tensorboard else None
+        log_path = self.out / "log.jsonl"
+        records = [r for r in read_log(self.out) if r["step"] <= start]  # drop steps after the checkpoint
+        write_text_atomic(log_path, "".join(json.dumps(r) + "\n" for r in records))
+        status = "completed" if stop == self.total_steps else "max_steps"
+        bar = tqdm(total=stop, initial=start, unit="step", dynamic_ncols=True, leave=False,
+                   disable=(not self.progress) if self.progress is not None else None,
+                   desc=f"{cfg.method} {self.model.spec.name}")
+        dtype = getattr(torch, cfg.dtype)
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        self.model.net.train()
+        self.model.decoders.train()
+        started = time.perf_counter()
+        with _Stopper() as stopper, open(log_path, "a", encoding="utf-8") as log:
+            try:
+                for step, images in self.batches(start, stop):
+                    t0 = time.perf_counter()
+                    images = images.to(self.device, dtype, non_blocking=True)
+                    view1 = self.augment(images, self.aug_generator)
+                    view2 = self.augment(images, self.aug_generator)
+                    lr = self.optimizer.param_groups[0]["lr"]
+                    for p in params:
+                        p.grad = None
+                    losses = self.method.step(view1, view2)
+                    self.optimizer.step()
+                    self.scheduler.step()
+                    losses = {k: float(v) for k, v in losses.items()}
+                    self.step = step + 1
+                    dt = time.perf_counter() - t0
+                    if not all(math.isfinite(v) for v in losses.values()):
+                        self.save()
+                        raise UserError(f"the loss became {losses} at step {self.step} (hint: lower the "
+                                        f"learning rate or raise the temperature); checkpoint saved")
+                    if self.step % cfg.log_every == 0 or self.step == stop:
+                        record = {"step": self.step, "epoch": round(self.step / self.steps_per_epoch, 4), "lr": lr,
+                                  **{f"loss/{k}": v for k, v in losses.items()},
+                                  "images_per_s": round(cfg.batch / dt, 2), "step_s": round(dt, 5)}
+                        log.write(json.dumps(record) + "\n")
+                        log.flush()
+                        if writer is not None:
+                            for key, value in record.items():
+                                if key != "step":
+                                    writer.add_scalar(key, value, self.step)
+                    bar.update(1)
+                    bar.set_postfix({k: f"{v:.3f}" for k, v in list(losses.items())[-2:]}, refresh=False)
+                    if on_step is not None:
+                        on_step(self.step, losses)
+                    if self.step % cfg.checkpoint_every == 0 and self.step != stop:
+                        self.save()
+                    if stopper.requested:
+                        status = "interrupted"
+                        break
+            except RuntimeError:
+                if not stopper.requested:  # a DataLoader worker stopped by Ctrl-C surfaces as this
+                    raise
+                status = "interrupted"
+            finally:
+                bar.close()
+                if writer is not None:
+                    writer.close()
+        checkpoint = self.save()
+        summary = self.summary(status, time.perf_counter() - started, checkpoint)
+        write_text_atomic(self.out / "summary.json", json.dumps(summary, indent=2) + "\n")
+        return RunResult(status, self.step, self.total_steps, self.out, summary)
+
+    def summary(self, status: str, wall: float, checkpoint: Path) -> dict:
+        records = read_log(self.out)
+        keys = [k for k in (records[-1] if records else {}) if k.startswith("loss/")]
+
+        def mean(rows, key):
+            values = [r[key] for r in rows if key in r]
+            return sum(values) / len(values) if values else None
+
+        window = max(1, min(10, len(records) // 5 or 1))
+        speeds = [r["images_per_s"] for r in records[1:]] or [r["images_per_s"] for r in records]
+        return {
+            "status": status, "step": self.step, "total_steps": self.total_steps,
+            "steps_per_epoch": self.steps_per_epoch, "epoch": round(self.step / self.steps_per_epoch, 4),
+            "method": self.cfg.method, "spec": self.model.spec.name, "input_size": self.size,
+            "batch": self.cfg.batch, "device": str(self.device),
+            "params": {"encoder": sum(p.numel() for n in self.model.spec.stage_names
+                                      for p in getattr(self.model.net, n).parameters()),
+                       "decoders": sum(p.numel() for p in self.model.decoders.parameters())},
+            "first_losses": {k: mean(records[:window], k) for k in keys},
+            "final_losses": {k: mean(records[-window:], k) for k in keys},
+            "loss_window_steps": window,
+            "images_per_s": sum(speeds) / len(speeds) if speeds else None,
+            "wall_s_this_session": round(wall, 2),
+            "checkpoint": str(checkpoint.relative_to(self.out)),
+        }
+
+
+def _tuples(value):
+    """torch.load(weights_only) gives lists back where random.getstate() had tuples."""
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    return value
+
+
+def _tensorboard(out: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard not installed: the JSONL log is the record
+        return None
+    return SummaryWriter(str(out / "tb"))
+
+
+def train(cfg: TrainConfig, out: Path | str, *, max_steps: int | None = None, resume: bool = False,
+          progress: bool | None = None, on_step=None) -> RunResult:
+    """Train ``cfg`` into run directory ``out``; ``max_steps`` stops at that global step (the
+    schedule still spans the config's epochs); ``resume`` continues from the newest checkpoint.
+    ``on_step(step, losses)`` is called after every step."""
+    out = Path(out)
+    if resume:
+        if not (out / "config.yaml").is_file():
+            raise UserError(f"nothing to resume: {out} has no config.yaml (hint: start the run without --resume)")
+        saved = loads_config((out / "config.yaml").read_text(), str(out / "config.yaml"), out)
+        changed = _diff(saved.to_data(), cfg.to_data())
+        if changed:
+            raise UserError(f"{cfg.source}: '{changed}' differs from the run's config.yaml in {out} (hint: resume "
+                            f"with the config the run started with, or start a new run with --out)")
+        checkpoint = latest_checkpoint(out)
+        if checkpoint is None:
+            raise UserError(f"nothing to resume: {out} has no checkpoint (hint: start the run without --resume)")
+    elif out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"run directory {out} already exists (hint: --resume to continue it, or --out for a new run)")
+    with _torch_settings(cfg.threads, cfg.deterministic):
+        runner = Runner(cfg, out, progress)
+        out.mkdir(parents=True, exist_ok=True)
+        if resume:
+            runner.restore(checkpoint)
+        else:
+            write_text_atomic(out / "config.yaml", dump_config(dataclasses.replace(cfg, output=str(out.resolve()))))
+        return runner.run(max_steps=max_steps, on_step=on_step)
