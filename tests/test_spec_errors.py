@@ -157,3 +157,28 @@ def test_mapping_and_string_forms_are_equal():
 
 def test_bools_are_not_numbers():
     assert re.search(r"fc size must be a positive integer, got True", error_for(SMALL.replace("fc: 10", "fc: true")))
+
+
+def _labelled(labels) -> str:
+    text = SMALL
+    for name, label in labels.items():
+        text = text.replace(f"  - name: {name}\n", f"  - name: {name}\n    local_stage: {label}\n")
+    return text
+
+
+def test_local_stage_labels_group_consecutive_stages():
+    from archspec.profile.memory import local_stages
+    from archspec.spec import dumps
+
+    assert local_stages(loads(SMALL)) == [["conv1", "res2"], ["res3"]]  # the stem folds by default
+    spec = loads(_labelled({"res2": "first", "res3": "first"}))
+    assert local_stages(spec) == [["conv1"], ["res2", "res3"]]
+    assert loads(dumps(spec)) == spec and "local_stage: first" in dumps(spec)
+
+
+def test_local_stage_must_be_consecutive_and_a_name():
+    message = error_for(_labelled({"conv1": "a", "res2": "b", "res3": "a"}))
+    assert re.match(r"bad\.yaml:\d+: stage 'res3': local_stage 'a' is split", message), message
+    assert "consecutive" in message
+    message = error_for(_labelled({"res2": "[1, 2]"}))
+    assert re.match(r"bad\.yaml:\d+: stage 'res2': 'local_stage' must be a name", message), message

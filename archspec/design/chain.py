@@ -22,12 +22,12 @@ weights, gradients and optimizer state of the block's parameters); measured forw
 puts a stage's downsampling (max pool, bilinear resize) only at the start of a stage, and a stage
 that begins with a max pool or a resize may hold no strided conv. A split stage that needs more
 (e.g. ``conv1`` followed by ``res2``'s max pool, or a resize between two of its blocks) is
-written as consecutive spec stages ``stageKa``, ``stageKb``, ... (``stage_groups`` reads the
-grouping back); every other split stage is one spec stage ``stageK``.
+written as consecutive spec stages ``stageKa``, ``stageKb``, ... that carry ``local_stage: stageK``,
+so that local learning, ``balance`` and ``profile`` treat them as one local stage (``stage_groups``
+reads the grouping back); every other split stage is one spec stage ``stageK``.
 """
 from __future__ import annotations
 
-import re
 import string
 from collections import OrderedDict
 from dataclasses import dataclass, replace
@@ -333,29 +333,19 @@ def split_spec(chain: Chain, cuts, *, name: str | None = None, title: str | None
                 for conv in group.convs:
                     stride = conv.stride if p.repeat == 0 else 1
                     h, w = conv_out(h, conv.kernel, stride), conv_out(w, conv.kernel, stride)
-        stages.append(Stage(name=stage_name, output_size=(h, w), blocks=tuple(groups), downsample=ds))
+        stages.append(Stage(name=stage_name, output_size=(h, w), blocks=tuple(groups), downsample=ds,
+                            local_stage=f"{prefix}{k + 1}" if counts[k] > 1 else None))
     return Spec(name=name or spec.name, stages=tuple(stages), head=spec.head, input_channels=spec.input_channels,
                 input_size=spec.input_size, title=spec.title if title is None else title,
                 notes=spec.notes if notes is None else notes)
 
 
-_PART = re.compile(r"(.*?\d+)([a-z]+)")
-
-
 def stage_groups(spec: Spec, prefix: str = "stage") -> list[list[str]]:
     """Spec stages grouped into the split stages ``split_spec`` wrote (``stage2a``, ``stage2b``
-    -> one group); any other stage is a group of its own."""
-    groups: list[list[str]] = []
-    last = None
-    for stage in spec.stages:
-        m = _PART.fullmatch(stage.name)
-        key = m.group(1) if m and m.group(1).startswith(prefix) else None
-        if key is not None and key == last:
-            groups[-1].append(stage.name)
-        else:
-            groups.append([stage.name])
-        last = key
-    return groups
+    with ``local_stage: stage2`` -> one group): the spec's local stages."""
+    from archspec.profile.memory import local_stages
+
+    return local_stages(spec)
 
 
 __all__ = ["Block", "Chain", "Piece", "build_chain", "measure_time", "saved_bytes", "split_spec",

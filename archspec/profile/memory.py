@@ -26,15 +26,27 @@ METHODS = ("simclr", "gim", "loco")
 
 
 def local_stages(spec: Spec) -> list[list[str]]:
-    """Stages as local learning groups them: leading all-``conv`` stages join the next one."""
-    groups: list[list[str]] = []
+    """Stages as local learning groups them (one local loss and one pipeline worker each):
+    consecutive stages with the same ``local_stage`` label form one; otherwise leading
+    all-``conv`` stages (the stem) join the next stage, and every other stage is its own."""
+    default: list[list[str]] = []
     pending: list[str] = []
     for stage in spec.stages:
         pending.append(stage.name)
-        stem = all(g.kind == "conv" for g in stage.blocks) and not groups
+        stem = all(g.kind == "conv" for g in stage.blocks) and not default
         if not stem or stage is spec.stages[-1]:
-            groups.append(pending)
+            default.append(pending)
             pending = []
+    key = {name: ("default", i) for i, group in enumerate(default) for name in group}
+    for stage in spec.stages:
+        if stage.local_stage is not None:
+            key[stage.name] = ("label", stage.local_stage)
+    groups: list[list[str]] = []
+    for stage in spec.stages:
+        if groups and key[groups[-1][-1]] == key[stage.name]:
+            groups[-1].append(stage.name)
+        else:
+            groups.append([stage.name])
     return groups
 
 

@@ -13,7 +13,7 @@ from archspec.spec.validate import infer_shapes
 
 TOP_KEYS = ("name", "title", "notes", "input", "stages", "head")
 INPUT_KEYS = ("channels", "size")
-STAGE_KEYS = ("name", "output_size", "downsample", "blocks", "channels")
+STAGE_KEYS = ("name", "output_size", "downsample", "blocks", "channels", "local_stage")
 BLOCK_KEYS = ("kind", "convs", "repeat")
 CONV_KEYS = ("kernel", "channels", "groups", "stride")
 DOWNSAMPLE_KEYS = ("kind", "kernel", "stride")
@@ -196,7 +196,12 @@ class _Builder:
         if channels is not None:
             channels = self.at(path + ("channels",), notation.positive_int, channels, "channels")
         size = self.at(path + ("output_size",), notation.parse_size, data["output_size"], "output size")
-        return Stage(name=name, output_size=size, blocks=tuple(groups), downsample=ds, channels=channels)
+        local = data.get("local_stage")
+        if local is not None and not isinstance(local, str):
+            raise SpecError(f"'local_stage' must be a name, got {local!r}", path=path + ("local_stage",),
+                            hint="e.g. local_stage: stage1")
+        return Stage(name=name, output_size=size, blocks=tuple(groups), downsample=ds, channels=channels,
+                     local_stage=local)
 
     def head(self, data, path) -> Head:
         if data is None:

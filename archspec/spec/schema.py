@@ -71,6 +71,9 @@ class Stage:
     blocks: tuple[BlockGroup, ...]
     downsample: Downsample = field(default_factory=Downsample)
     channels: int | None = None  # optional declared output channels, checked
+    # The local stage (one local loss, one pipeline worker) this stage belongs to: consecutive
+    # stages with the same label form one. None: the default grouping (memory.local_stages).
+    local_stage: str | None = None
 
     @property
     def out_channels(self) -> int:

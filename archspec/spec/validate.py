@@ -84,6 +84,15 @@ def infer_shapes(spec: Spec) -> list[StageShape]:
             raise SpecError(f"stage name '{stage.name}' is used twice (also stage {seen[stage.name] + 1})",
                             what=what, path=spath + ("name",), hint="stage names must be unique")
         seen[stage.name] = si
+        if stage.local_stage is not None:
+            if not isinstance(stage.local_stage, str) or not _NAME.fullmatch(stage.local_stage):
+                raise SpecError(f"local_stage {stage.local_stage!r} is not a plain identifier", what=what,
+                                path=spath + ("local_stage",), hint="use letters, digits and '_', e.g. stage1")
+            earlier = [s for s in spec.stages[:si] if s.local_stage == stage.local_stage]
+            if earlier and spec.stages[si - 1].local_stage != stage.local_stage:
+                raise SpecError(f"local_stage '{stage.local_stage}' is split: stage '{earlier[0].name}' has it too, "
+                                "with other stages between", what=what, path=spath + ("local_stage",),
+                                hint="the stages of one local stage must be consecutive")
         if not stage.blocks:
             raise SpecError("the stage has no blocks", what=what, path=spath + ("blocks",),
                             hint="give it at least one block, e.g. 'basic [3x3, 64; 3x3, 64] x2'")

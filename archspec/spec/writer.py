@@ -21,6 +21,8 @@ def to_data(spec: Spec) -> dict:
                  "blocks": [format_block(g) for g in stage.blocks]}
         if stage.channels is not None:
             entry["channels"] = stage.channels
+        if stage.local_stage is not None:
+            entry["local_stage"] = stage.local_stage
         stages.append(entry)
     data["stages"] = stages
     head = {"pool": spec.head.pool, "fc": spec.head.fc}
