@@ -13,6 +13,15 @@ def write_text_atomic(path, text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
 
 
+def _mode_for(path: Path) -> int:
+    try:
+        return path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
 def write_bytes_atomic(path, data: bytes) -> None:
     path = Path(path)
     if path.is_dir():
@@ -26,6 +35,7 @@ def write_bytes_atomic(path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _mode_for(path))  # mkstemp makes 0600; keep the file's mode, or the umask's
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
