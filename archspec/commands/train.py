@@ -185,7 +185,8 @@ def plot(runs, out_dir, tsne, tsne_samples):
                 test_set = torch.utils.data.Subset(test_set, sorted(keep.tolist()))
                 test_set.classes = test_set.dataset.classes
             feats, labels = extract_features(model.net, test_set)
-            title = f"{name}: {model.cfg.method}, step {state['step']}, final representation"
+            label = name if model.cfg.method in name else f"{name} ({model.cfg.method})"
+            title = f"{label}, step {state['step']}: final representation"
             written += list(plot_tsne(feats, labels, out / f"tsne_{name.replace('/', '_')}",
                                       classes=getattr(test_set, "classes", None), seed=0, title=title))
     for path in written:
