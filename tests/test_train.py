@@ -11,7 +11,7 @@ import yaml
 from click.testing import CliRunner
 
 from archspec.cli import main
-from archspec.train.config import load_config, loads_config, parse_bytes, validate_config
+from archspec.train.config import load_config, loads_config, parse_bytes
 from archspec.train.loop import read_log, train
 
 from .conftest import ROOT

@@ -19,7 +19,6 @@ METHODS = ("simclr", "gim", "loco")
 OPTIMIZERS = ("lars", "sgd", "adam")
 DATA_KINDS = ("image_folder", "cifar10", "digits", "synthetic")
 DTYPES = ("float32", "float64")
-BYTES_PER_ELEMENT = {"float32": 4, "float64": 8}
 
 
 class ConfigError(SpecError):
@@ -142,6 +141,11 @@ class TrainConfig:
             if tuple(path[:cut]) in self.lines:
                 return f"{self.source}:{self.lines[tuple(path[:cut])]}"
         return self.source
+
+    def where_any(self, *paths) -> str:
+        """``file:line`` of the first of ``paths`` written in the file (else the file's top)."""
+        found = next((p for p in paths if p in self.lines), ())
+        return self.where(*found)
 
     def input_size(self, spec) -> int:
         return self.data.size or spec.input_size[0]
@@ -449,12 +453,9 @@ def validate_config(cfg: TrainConfig, memory_budget: int | str | None = None, ch
         if cfg.decoders.block and min(shape[1:]) < 2:
             raise ConfigError(
                 f"decoder on local stage '{label}' cannot fit: its stride-2 conv needs at least 2x2 input, "
-                f"the stage gives {shape[1]}x{shape[2]}", where=cfg.where("decoders", "block"), what="decoders",
+                f"the stage gives {shape[1]}x{shape[2]}", what="decoders",
+                where=cfg.where_any(("decoders", "block"), ("decoders",), ("data", "size"), ("spec",)),
                 hint="set decoders.block: false (pool + MLP only) or train at a larger data.size")
-        if cfg.decoders.block and int(shape[0] * cfg.decoders.width_ratio) < 1:
-            raise ConfigError(f"decoder on local stage '{label}': width_ratio {cfg.decoders.width_ratio} of "
-                              f"{shape[0]} channels leaves no channels", where=cfg.where("decoders", "width_ratio"),
-                              what="decoders", hint="raise decoders.width_ratio")
 
     prof = profile(spec, batch=cfg.batch, dtype=cfg.dtype, optimizer=cfg.optimizer.name,
                    decoder=cfg.decoders.decoder_config()).to_dict()
