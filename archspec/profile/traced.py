@@ -127,6 +127,9 @@ def _elementwise(args):
 
 
 def _mean_shape(args):
+    """aten.mean / aten.sum over dims (no dtype argument); anything else goes to PyTorch."""
+    if len(args) < 2 or not isinstance(args[1], (list, tuple)) or not args[1]:
+        return NotImplemented
     x, dims = args[0], [d % args[0].dim() for d in args[1]]
     keep = len(args) > 2 and args[2]
     shape = [1 if i in dims else n for i, n in enumerate(x.shape) if keep or i not in dims]
@@ -137,8 +140,52 @@ def _in_place(args):
     return args[0]
 
 
-# On the meta device PyTorch runs batch norm, bilinear resizing and even additions through
-# Python decompositions (and imports torch._dynamo on first use: ~1 s in all). Only shapes
+def _pair(v) -> tuple[int, int]:
+    return (v[0], v[-1]) if isinstance(v, (list, tuple)) else (v, v)
+
+
+def _window_out(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def _conv_shape(args):
+    """aten.convolution(input, weight, bias, stride, padding, dilation, transposed, ...)."""
+    x, weight, stride, padding, dilation, transposed = args[0], args[1], args[3], args[4], args[5], args[6]
+    if transposed or x.dim() != 4:
+        return NotImplemented
+    (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
+    kh, kw = weight.shape[2:]
+    return x.new_empty((x.shape[0], weight.shape[0], _window_out(x.shape[2], kh, sh, ph, dh),
+                        _window_out(x.shape[3], kw, sw, pw, dw)))
+
+
+def _conv_backward_shapes(args):
+    """aten.convolution_backward(grad_out, input, weight, bias_sizes, ..., transposed, ..., mask)."""
+    x, weight, bias_sizes, transposed, mask = args[1], args[2], args[3], args[7], args[-1]
+    if transposed:
+        return NotImplemented
+    bias = weight.new_empty(tuple(bias_sizes)) if bias_sizes is not None else weight.new_empty((weight.shape[0],))
+    grads = (x.new_empty(x.shape), weight.new_empty(weight.shape), bias)
+    return tuple(g if m else None for g, m in zip(grads, mask))
+
+
+def _max_pool_shapes(args):
+    """aten.max_pool2d_with_indices(input, kernel, stride, padding, dilation, ceil_mode)."""
+    x = args[0]
+    kernel = _pair(args[1])
+    stride = _pair(args[2]) if len(args) > 2 and args[2] else kernel
+    padding = _pair(args[3]) if len(args) > 3 else (0, 0)
+    dilation = _pair(args[4]) if len(args) > 4 else (1, 1)
+    if (len(args) > 5 and args[5]) or x.dim() != 4:
+        return NotImplemented  # ceil_mode
+    shape = (*x.shape[:2], *(_window_out(x.shape[2 + i], kernel[i], stride[i], padding[i], dilation[i])
+                             for i in range(2)))
+    return x.new_empty(shape), x.new_empty(shape, dtype=torch.int64)
+
+
+# On the meta device PyTorch runs convolutions, pooling, batch norm, bilinear resizing and even
+# additions through Python meta functions (whose checks import sympy and torch._dynamo on first
+# use: ~1.5 s in all). Only shapes
 # matter there, so the counter answers these ops itself; autograd, above this mode, records
 # the same graph and saves the same tensors (tests compare with a real run, byte for byte).
 _META_SHORTCUTS = {
@@ -147,6 +194,7 @@ _META_SHORTCUTS = {
     aten.mm: lambda args: args[0].new_empty((args[0].shape[0], args[1].shape[1])),
     aten.div: _elementwise,
     aten.mean: _mean_shape,
+    aten.sum: _mean_shape,
     aten.threshold_backward: _elementwise,
     aten.relu: _elementwise,
     aten.relu_: _in_place,
@@ -155,6 +203,10 @@ _META_SHORTCUTS = {
     aten.upsample_bilinear2d_backward: lambda args: args[0].new_empty(tuple(args[2])),
     aten.native_batch_norm: _bn_shapes,
     aten.native_batch_norm_backward: _bn_backward_shapes,
+    aten.convolution: _conv_shape,
+    aten.convolution_backward: _conv_backward_shapes,
+    aten.max_pool2d_with_indices: _max_pool_shapes,
+    aten.max_pool2d_with_indices_backward: lambda args: args[1].new_empty(args[1].shape),
 }
 
 
@@ -204,6 +256,21 @@ class _Counter(TorchDispatchMode):
         return out
 
 
+def _run_backward(out: torch.Tensor) -> None:
+    """``out.backward(ones)``. On meta tensors the seed's values do not matter, and the autograd
+    engine is called directly: ``Tensor.backward`` checks the seed's shape with sympy-backed
+    helpers whose first import costs ~0.5 s (a third of ``archspec profile``'s budget)."""
+    if not out.is_meta:
+        out.backward(torch.ones_like(out))
+        return
+    seed = out.new_empty(out.shape)
+    engine = getattr(getattr(torch.autograd, "Variable", None), "_execution_engine", None)
+    if engine is None:  # a PyTorch without the private engine handle
+        out.backward(seed)
+        return
+    engine.run_backward((out,), (seed,), False, False, (), True, True)
+
+
 def trace(module: nn.Module, stages: Mapping[str, nn.Module], example: torch.Tensor,
           backward: bool = True, run=None) -> "OrderedDict[str, TracedStage]":
     """Trace ``run(module, example)`` (default: ``module(example)``) on the meta device.
@@ -249,7 +316,7 @@ def trace(module: nn.Module, stages: Mapping[str, nn.Module], example: torch.Ten
             if backward and out.requires_grad:
                 counter.backward = True
                 counter.current = next(reversed(result))
-                out.backward(torch.ones_like(out))
+                _run_backward(out)
     finally:
         for h in handles:
             h.remove()
