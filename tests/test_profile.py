@@ -266,3 +266,16 @@ def test_every_named_spec_profiles():
 def test_ops_all_counts_every_class():
     doc = profile(load_spec("resnet50"), batch=1, ops=OP_CLASSES, training=False).to_dict()
     assert doc["total"]["forward"]["macs"] == sum(doc["total"]["forward"]["macs_by_op"].values())
+
+
+def test_profiling_never_imports_sympy_or_dynamo():
+    """The cold-start budget (benchmarks/bench_profile.py): PyTorch's Python meta functions
+    import sympy (~0.5 s) and torch._dynamo on first use; the counter answers those ops itself."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from archspec.spec import load_spec; from archspec.profile.profiler import profile; "
+            "profile(load_spec('presnet50'), batch=2); "
+            "print(sorted(m for m in ('sympy', 'torch._dynamo') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
