@@ -210,3 +210,32 @@ def test_report_refuses_a_file_as_folder(tmp_path):
     result = CliRunner().invoke(main, ["report", "presnet50", "-o", str(target)])
     assert result.exit_code == 2 and result.output.startswith("error:")
     assert target.read_text() == "mine"
+
+
+# -- any valid spec -----------------------------------------------------------------------------
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+
+from tests.test_properties import specs as valid_specs  # noqa: E402
+
+
+@pytest.mark.filterwarnings("ignore:Glyph .* missing from font")
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(spec=valid_specs())
+def test_every_report_works_on_random_valid_specs(spec, tmp_path_factory):
+    """compare, balance, table, plots and the report folder on specs nobody wrote by hand."""
+    from archspec.report.arch_table import render_arch_table
+    from archspec.report.bundle import build_report
+
+    doc = profile(spec, batch=4, ops=TABLE6_OPS).to_dict()
+    bal = balance_mod.balance_from_profile(doc)
+    assert abs(sum(r["flops_share"] for r in bal["stages"]) - 100) < 1e-6 or bal["totals"]["flops"] == 0
+    assert balance_mod.render(bal, "md") and balance_mod.render(bal, "tex")
+    other = profile(load_spec("resnet18"), batch=4, size=(32, 32), ops=TABLE6_OPS).to_dict()
+    if spec.name != "resnet18":
+        cmp = compare_mod.compare_docs([doc, other], "saved")
+        assert [r["stage"] for r in cmp["rows"]][-1] == "total"
+        assert_well_formed_latex(compare_mod.render(cmp, "tex"))
+    assert_well_formed_latex(render_arch_table([spec], "tex"))
+    out = tmp_path_factory.mktemp("report")
+    written = build_report([spec], out, batch=4)
+    assert "shares.png" in written and (out / "index.md").read_text().startswith("# ")

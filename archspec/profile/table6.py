@@ -32,13 +32,19 @@ def table6(spec: Spec, ops=TABLE6_OPS) -> dict:
     rows = []
     paper = PAPER_TABLE6.get(spec.name)
     for i, g in enumerate(groups):
-        row = {"stage": "+".join(g), "memory": 100 * memory[i] / sum(memory), "flops": 100 * flops[i] / sum(flops)}
+        row = {"stage": "+".join(g), "memory": _share(memory, i), "flops": _share(flops, i)}
         if paper and len(paper["memory"]) == len(groups):
             row.update(paper_memory=paper["memory"][i], paper_flops=paper["flops"][i])
         rows.append(row)
     total_macs = sum(c.macs[o] for c in counts.values() for o in ops)
     return {"spec": spec.name, "ops": list(ops), "rows": rows, "total_macs": total_macs,
             "paper_total": paper["total"] if paper else None}
+
+
+def _share(values: list[int], i: int) -> float:
+    """Percent of the total (0 when there is nothing, e.g. no residual blocks)."""
+    total = sum(values)
+    return 100 * values[i] / total if total else 0.0
 
 
 def render_table6(doc: dict) -> str:
