@@ -26,6 +26,7 @@ import re
 from dataclasses import dataclass
 
 from archspec.errors import UserError
+from archspec.spec.notation import format_conv
 from archspec.spec.schema import Conv, Spec
 
 FORMATS = ("md", "tex")
@@ -62,7 +63,7 @@ def _stage_lines(stage) -> list:
         lines.append(Text(f"bilinear to {h}x{w}"))
     for group in stage.blocks:
         if group.kind == "conv" and group.repeat == 1:
-            lines.extend(Text(_conv_text(c, "x"), conv=c) for c in group.convs)
+            lines.extend(Text(format_conv(c, "x"), conv=c) for c in group.convs)
         else:
             lines.append(Bracket(tuple(group.convs), group.repeat, residual=group.kind != "conv"))
     return lines
@@ -72,15 +73,6 @@ def _head_lines(spec: Spec) -> list:
     lines = [Text(f"{POOL_NAMES.get(spec.head.pool, spec.head.pool)}, {spec.features}-d")]
     lines.append(Text(f"{spec.head.fc}-d fc" if spec.head.fc else "no fc (the representation is the output)"))
     return lines
-
-
-def _conv_text(conv: Conv, times: str) -> str:
-    text = f"{conv.kernel}{times}{conv.kernel}, {conv.channels}"
-    if conv.groups != 1:
-        text += f", {conv.groups} grps"
-    if conv.stride != 1:
-        text += f", stride {conv.stride}"
-    return text
 
 
 def _size(size) -> tuple[int, int]:
@@ -178,7 +170,7 @@ def md_escape(text: str) -> str:
 def _md_line(line) -> str:
     if isinstance(line, Text):
         return line.text
-    inner = " · ".join(_conv_text(c, "x") for c in line.convs)
+    inner = " · ".join(format_conv(c, "x") for c in line.convs)
     left, right = ("[", "]") if line.residual else ("(", ")")
     return f"{left}{inner}{right} ×{line.repeat}"
 
@@ -245,7 +237,7 @@ def _tex_size(size) -> str:
 def _tex_text(line: Text) -> str:
     """One line as math-mode material: text in \\text{}, kernels as k$\\times$k."""
     if line.conv is not None:
-        return r"\text{" + _conv_text(line.conv, r"$\times$") + "}"
+        return r"\text{" + format_conv(line.conv, r"$\times$") + "}"
     text = tex_escape(line.text)
     text = re.sub(r"(\d+)x(\d+)", r"\1$\\times$\2", text)
     return r"\text{" + text + "}"
@@ -254,7 +246,7 @@ def _tex_text(line: Text) -> str:
 def _tex_line(line) -> str:
     if isinstance(line, Text):
         return _tex_text(line)
-    inner = r" \\ ".join(r"\text{" + _conv_text(c, r"$\times$") + "}" for c in line.convs)
+    inner = r" \\ ".join(r"\text{" + format_conv(c, r"$\times$") + "}" for c in line.convs)
     left, right = (r"\left[", r"\right]") if line.residual else (r"\left(", r"\right)")
     return f"{left}\\begin{{array}}{{l}} {inner} \\end{{array}}{right}\\times {line.repeat}"
 
@@ -297,7 +289,7 @@ _PAPERS = [(f"{name}paper", landscape, w, h) for name, (w, h) in
 def _tex_line_extent(line) -> tuple[float, float]:
     if isinstance(line, Text):
         return len(line.text) * _CHAR_PT, _LINE_PT
-    width = max(len(_conv_text(c, "x")) for c in line.convs) * _CHAR_PT + 30
+    width = max(len(format_conv(c, "x")) for c in line.convs) * _CHAR_PT + 30
     return width, len(line.convs) * _LINE_PT + 4
 
 

@@ -105,8 +105,9 @@ def parse_conv(text) -> Conv:
     return Conv(kernel=kernel, channels=channels, groups=groups or 1, stride=stride or 1)
 
 
-def format_conv(conv: Conv) -> str:
-    text = f"{conv.kernel}x{conv.kernel}, {conv.channels}"
+def format_conv(conv: Conv, times: str = "x") -> str:
+    """``Conv(3, 256, 2, 1)`` -> ``"3x3, 256, 2 grps"`` (``times``: the sign between the kernel sides)."""
+    text = f"{conv.kernel}{times}{conv.kernel}, {conv.channels}"
     if conv.groups != 1:
         text += f", {conv.groups} grps"
     if conv.stride != 1:
