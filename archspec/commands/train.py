@@ -47,14 +47,20 @@ def validate_training_config(path: str, memory_budget: str | None = None, check_
 @click.option("--resume", is_flag=True, help="Continue the run in the run directory from its newest checkpoint.")
 @click.option("--memory-budget", metavar="SIZE", help="Refuse to start if the estimated peak memory exceeds SIZE.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
-def train(config, out_dir, max_steps, resume, memory_budget, progress):
+@click.option("--processes", type=click.Choice(["one", "stage"]), default="one", show_default=True,
+              help="one: a single process; stage: one process per local stage (model parallel, torch.distributed; "
+                   "spawned here, or the ranks of a torchrun launch). See docs/training.md.")
+def train(config, out_dir, max_steps, resume, memory_budget, progress, processes):
     """Train the encoder of a training CONFIG (SimCLR, GIM or LoCo; see docs/training.md).
 
     Writes config.yaml, log.jsonl, checkpoints/ and summary.json into the run directory.
     Ctrl-C saves a checkpoint after the current step and exits with code 130.
     """
     from archspec.train.config import default_output, load_config, parse_bytes, validate_config
-    from archspec.train.loop import train as run_training
+    if processes == "stage":
+        from archspec.train.distributed import train_distributed as run_training
+    else:
+        from archspec.train.loop import train as run_training
 
     cfg = load_config(config)
     validate_config(cfg, memory_budget=parse_bytes(memory_budget) if memory_budget else None)

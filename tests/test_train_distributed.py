@@ -1,0 +1,153 @@
+"""One process per local stage (archspec.train.distributed) against the single-process runner:
+the same config and seed give the same losses per decoder, the same weights, optimizer and
+schedule state after each step (compared with allclose, rtol 1e-5; on the CPU they come out
+bitwise equal); resuming across the two runners; the CLI, torchrun and the error paths.
+
+Four local stages, four processes. Every distributed run has a deadline and every rank a
+communication timeout of 60 s, so a deadlock fails the test instead of hanging it.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+
+from archspec.cli import main
+from archspec.train.config import load_config
+from archspec.train.distributed import train_distributed
+from archspec.train.loop import load_run, read_log, train
+
+from .conftest import ROOT
+from .test_train_methods import LABELS, MICRO
+
+TIMEOUT = 60  # seconds a rank waits for a message; and each run's deadline
+
+
+@pytest.fixture(autouse=True)
+def dist_timeout(monkeypatch):
+    monkeypatch.setenv("ARCHSPEC_DIST_TIMEOUT", str(TIMEOUT))
+
+
+def write_config(tmp_path, method, optimizer, name="run.yaml", **overrides):
+    (tmp_path / "micro.yaml").write_text(MICRO)
+    data = {"spec": "micro.yaml", "method": method,
+            "data": {"kind": "synthetic", "size": 8, "channels": 1, "num_samples": 100},  # 80 train: 10 steps
+            "batch": 8, "epochs": 1, "optimizer": {"name": optimizer, "lr": 0.05, "lr_scaling": "none",
+                                                   "weight_decay": 1e-4},
+            "schedule": {"warmup_steps": 2}, "decoders": {"hidden": 16, "out_dim": 16}, "temperature": 0.5,
+            "augment": {"scale": [0.5, 1.0], "blur_p": 0.5},
+            "device": "cpu", "threads": 1, "checkpoint_every": 100, "tensorboard": False, **overrides}
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def max_diff(a, b) -> float:
+    """Largest absolute difference between two nested structures of tensors / numbers, which
+    must have the same keys and shapes."""
+    if isinstance(a, dict):
+        assert list(a) == list(b)
+        return max([max_diff(a[k], b[k]) for k in a], default=0.0)
+    if isinstance(a, (list, tuple)):
+        assert len(a) == len(b)
+        return max([max_diff(x, y) for x, y in zip(a, b)], default=0.0)
+    if isinstance(a, torch.Tensor):
+        assert a.shape == b.shape and a.dtype == b.dtype
+        assert torch.allclose(a.double(), b.double(), rtol=1e-5, atol=1e-7)
+        return float((a.double() - b.double()).abs().max()) if a.numel() else 0.0
+    if isinstance(a, float):
+        assert a == pytest.approx(b, rel=1e-5, abs=1e-7)
+        return abs(a - b)
+    assert a == b
+    return 0.0
+
+
+def compare_runs(one, stage, step):
+    """The logs and the step-``step`` checkpoints of two runs: the same numbers."""
+    log_one, log_stage = read_log(one), read_log(stage)
+    numbers = lambda r: {k: v for k, v in r.items() if k not in ("images_per_s", "step_s")}  # noqa: E731
+    assert [list(r) for r in log_one] == [list(r) for r in log_stage]
+    diff = {"losses": max_diff([numbers(r) for r in log_one], [numbers(r) for r in log_stage])}
+    a = torch.load(one / "checkpoints" / f"step-{step:07d}.pt", weights_only=True)
+    b = torch.load(stage / "checkpoints" / f"step-{step:07d}.pt", weights_only=True)
+    assert list(a) == list(b)
+    for key in a:
+        diff[key] = max_diff(a[key], b[key])
+    return diff
+
+
+@pytest.mark.parametrize("method, optimizer, entry", [
+    ("gim", "sgd", "function"), ("loco", "lars", "cli"), ("simclr", "adam", "function")])
+def test_a_distributed_step_equals_a_single_process_step(tmp_path, method, optimizer, entry):
+    path = write_config(tmp_path, method, optimizer)
+    cfg = load_config(path)
+    train(cfg, tmp_path / "one", max_steps=3, progress=False)
+    if entry == "cli":
+        result = CliRunner().invoke(main, ["train", str(path), "--out", str(tmp_path / "stage"), "--max-steps", "3",
+                                           "--processes", "stage", "--no-progress"])
+        assert result.exit_code == 0, result.output
+        assert result.output.startswith(f"max_steps: step 3/10 of {method} on micro")
+    else:
+        result = train_distributed(cfg, tmp_path / "stage", max_steps=3, progress=False, deadline_s=TIMEOUT)
+        assert (result.status, result.step, result.total_steps) == ("max_steps", 3, 10)
+    diff = compare_runs(tmp_path / "one", tmp_path / "stage", 3)
+    print(method, optimizer, "max abs difference:", diff)
+    labels = LABELS[-1:] if method == "simclr" else LABELS
+    assert [k[5:] for k in read_log(tmp_path / "stage")[0] if k.startswith("loss/")] == labels
+    summary = json.loads((tmp_path / "stage" / "summary.json").read_text())
+    assert summary["processes"] == 4 and summary["backend"] == "gloo"
+    assert list(summary["max_rss_bytes"]) == LABELS
+    assert sorted(p.name for p in (tmp_path / "stage").iterdir()) == ["checkpoints", "config.yaml", "log.jsonl",
+                                                                     "summary.json"]
+    model, state = load_run(tmp_path / "stage")  # what archspec eval and plot read
+    assert state["step"] == 3 and list(model.decoders) == labels
+
+
+def test_resume_across_runners(tmp_path):
+    """Two single-process steps, two distributed ones from that checkpoint, then one single-process
+    step from the distributed checkpoint: the same as five steps in one go."""
+    cfg = load_config(write_config(tmp_path, "loco", "sgd", checkpoint_every=2))
+    train(cfg, tmp_path / "straight", max_steps=5, progress=False)
+    train(cfg, tmp_path / "mixed", max_steps=2, progress=False)
+    result = train_distributed(cfg, tmp_path / "mixed", max_steps=4, resume=True, progress=False,
+                               deadline_s=TIMEOUT)
+    assert (result.status, result.step) == ("max_steps", 4)
+    train(cfg, tmp_path / "mixed", max_steps=5, resume=True, progress=False)
+    diff = compare_runs(tmp_path / "straight", tmp_path / "mixed", 5)
+    print("resume max abs difference:", diff)
+    assert [r["step"] for r in read_log(tmp_path / "mixed")] == [1, 2, 3, 4, 5]
+
+
+def test_errors_are_one_line(tmp_path):
+    path = write_config(tmp_path, "gim", "sgd", batch=100)  # more than the 80 training images
+    result = CliRunner().invoke(main, ["train", str(path), "--out", str(tmp_path / "run"), "--processes", "stage"])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    assert "batch 100 is larger than the 80 training images" in result.output
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("")
+    result = CliRunner().invoke(main, ["train", str(write_config(tmp_path, "gim", "sgd", name="ok.yaml")),
+                                       "--out", str(tmp_path / "full"), "--processes", "stage"])
+    assert result.exit_code == 2 and "already exists (hint: --resume" in result.output
+
+
+# Two local stages (conv1+res2, res3): two processes for torchrun, which starts each from scratch.
+MICRO2 = MICRO.split("  - {name: res4")[0] + "head: {fc: null}\n"
+
+
+def test_torchrun(tmp_path):
+    """The ranks of a torchrun launch equal the single process's."""
+    path = write_config(tmp_path, "simclr", "sgd")
+    (tmp_path / "micro.yaml").write_text(MICRO2)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "archspec.train.distributed", str(path), "--out", str(tmp_path / "stage"), "--max-steps", "2",
+           "--no-progress"]
+    done = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=2 * TIMEOUT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("max_steps: step 2/10 of simclr on micro, ") == 1, done.stdout  # rank 0 prints
+    train(load_config(path), tmp_path / "one", max_steps=2, progress=False)
+    compare_runs(tmp_path / "one", tmp_path / "stage", 2)
