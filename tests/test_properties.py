@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from archspec.cli import main
 from archspec.errors import SpecError
-from archspec.nn.compiler import StagedNet, check_shapes, compile_spec
+from archspec.nn.compiler import check_shapes, compile_spec
 from archspec.profile.analytic import stage_params
 from archspec.spec import BlockGroup, Conv, Downsample, Head, Spec, Stage, dumps, infer_shapes, loads
 from archspec.spec.schema import BLOCK_KINDS, DOWNSAMPLE_KINDS, POOL_KINDS

@@ -119,7 +119,7 @@ def test_validation_errors_point_at_the_config(tmp_path):
     # An unknown spec, located at the spec line.
     (tmp_path / "nospec.yaml").write_text("spec: presnet5\nmethod: gim\n")
     result = run_cli("validate", tmp_path / "nospec.yaml")
-    assert result.exit_code == 2 and f"nospec.yaml:1: spec: unknown spec 'presnet5'" in result.output
+    assert result.exit_code == 2 and "nospec.yaml:1: spec: unknown spec 'presnet5'" in result.output
 
 
 def test_memory_budget(tmp_path):

@@ -9,7 +9,7 @@ archspec.profile.analytic, so the two can be held equal.
 from __future__ import annotations
 
 import math
-from collections import OrderedDict, defaultdict
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 

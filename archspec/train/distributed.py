@@ -44,7 +44,6 @@ import dataclasses
 import datetime
 import io
 import json
-import math
 import os
 import random
 import signal
@@ -62,7 +61,7 @@ from archspec.io import write_bytes_atomic, write_text_atomic
 from archspec.train.config import TrainConfig, loads_config
 from archspec.train.loop import (
     CHECKPOINT_FORMAT, Model, Runner, RunResult, _diff, _load_checkpoint, _Stopper, _tensorboard, _torch_settings,
-    _tuples, checkpoint_paths, dump_config, latest_checkpoint, read_log)
+    _tuples, check_finite, checkpoint_paths, dump_config, latest_checkpoint, log_step, read_log)
 
 
 def default_timeout_s() -> float:
@@ -584,21 +583,11 @@ class StageRunner(Runner):
                     losses = {self.labels[r]: values[r] for r in self.loss_ranks}
                     self.step = step = step + 1
                     dt = time.perf_counter() - t0 - fetch_s
-                    if not all(math.isfinite(v) for v in losses.values()):
-                        self.save()
-                        raise UserError(f"the loss became {losses} at step {self.step} (hint: lower the "
-                                        f"learning rate or raise the temperature); checkpoint saved")
+                    check_finite(losses, self.step, self.save)
                     if rank0:
                         if self.step % cfg.log_every == 0 or self.step == stop:
-                            record = {"step": self.step, "epoch": round(self.step / self.steps_per_epoch, 4),
-                                      "lr": lr, **{f"loss/{k}": v for k, v in losses.items()},
-                                      "images_per_s": round(cfg.batch / dt, 2), "step_s": round(dt, 5)}
-                            log.write(json.dumps(record) + "\n")
-                            log.flush()
-                            if writer is not None:
-                                for key, value in record.items():
-                                    if key != "step":
-                                        writer.add_scalar(key, value, self.step)
+                            log_step(log, writer, self.step, self.step / self.steps_per_epoch, lr, losses, cfg.batch,
+                                     dt)
                         bar.update(1)
                         bar.set_postfix({k: f"{v:.3f}" for k, v in list(losses.items())[-2:]}, refresh=False)
                         if on_step is not None:

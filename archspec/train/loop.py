@@ -345,20 +345,9 @@ class Runner:
                     losses = {k: float(v) for k, v in losses.items()}
                     self.step = step + 1
                     dt = time.perf_counter() - t0
-                    if not all(math.isfinite(v) for v in losses.values()):
-                        self.save()
-                        raise UserError(f"the loss became {losses} at step {self.step} (hint: lower the "
-                                        f"learning rate or raise the temperature); checkpoint saved")
+                    check_finite(losses, self.step, self.save)
                     if self.step % cfg.log_every == 0 or self.step == stop:
-                        record = {"step": self.step, "epoch": round(self.step / self.steps_per_epoch, 4), "lr": lr,
-                                  **{f"loss/{k}": v for k, v in losses.items()},
-                                  "images_per_s": round(cfg.batch / dt, 2), "step_s": round(dt, 5)}
-                        log.write(json.dumps(record) + "\n")
-                        log.flush()
-                        if writer is not None:
-                            for key, value in record.items():
-                                if key != "step":
-                                    writer.add_scalar(key, value, self.step)
+                        log_step(log, writer, self.step, self.step / self.steps_per_epoch, lr, losses, cfg.batch, dt)
                     bar.update(1)
                     bar.set_postfix({k: f"{v:.3f}" for k, v in list(losses.items())[-2:]}, refresh=False)
                     if on_step is not None:
@@ -406,6 +395,27 @@ class Runner:
             "wall_s_this_session": round(wall, 2),
             "checkpoint": str(checkpoint.relative_to(self.out)),
         }
+
+
+def check_finite(losses: dict[str, float], step: int, save) -> None:
+    """A NaN or infinite loss ends the run with a checkpoint and a one-line error."""
+    if not all(math.isfinite(v) for v in losses.values()):
+        save()
+        raise UserError(f"the loss became {losses} at step {step} (hint: lower the "
+                        f"learning rate or raise the temperature); checkpoint saved")
+
+
+def log_step(log, writer, step: int, epoch: float, lr: float, losses: dict[str, float], batch: int,
+             seconds: float) -> None:
+    """One record of log.jsonl (and TensorBoard scalars when a writer is open)."""
+    record = {"step": step, "epoch": round(epoch, 4), "lr": lr, **{f"loss/{k}": v for k, v in losses.items()},
+              "images_per_s": round(batch / seconds, 2), "step_s": round(seconds, 5)}
+    log.write(json.dumps(record) + "\n")
+    log.flush()
+    if writer is not None:
+        for key, value in record.items():
+            if key != "step":
+                writer.add_scalar(key, value, step)
 
 
 def _tuples(value):
