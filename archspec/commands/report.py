@@ -40,11 +40,13 @@ def _settings(f):
     return f
 
 
-def _profiles(specs, batch, size, dtype, ops):
+def _profiles(specs, batch, size, dtype, ops, training=True):
+    """Profile documents; ``training``: with the training-memory plans (balance needs them)."""
     from archspec.profile.profiler import profile
     from archspec.spec import load_spec
 
-    return [profile(load_spec(s), batch=batch, size=size, dtype=dtype, ops=ops).to_dict() for s in specs]
+    return [profile(load_spec(s), batch=batch, size=size, dtype=dtype, ops=ops, training=training).to_dict()
+            for s in specs]
 
 
 @click.command()
@@ -63,14 +65,14 @@ def compare(specs, batch, size, dtype, ops, measure, fmt, output, plot_stem):
         raise click.UsageError("give at least two specs to compare, e.g. 'archspec compare presnet50 resnet50'")
     from archspec.report import compare as compare_mod
 
-    profiles = _profiles(specs, batch, size, dtype, ops)
+    profiles = _profiles(specs, batch, size, dtype, ops, training=bool(plot_stem))
     doc = compare_mod.compare_docs(profiles, measure)
     if fmt == "table" and not output:
         compare_mod.print_terminal(doc)
     else:
         emit(compare_mod.render(doc, "md" if fmt == "table" else fmt), output)
     if plot_stem:
-        _plot([p for p in profiles], measure, None, plot_stem)
+        _plot(profiles, measure, None, plot_stem)
 
 
 def _plot(profiles, measure, band, stem):

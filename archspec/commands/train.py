@@ -66,14 +66,12 @@ def train(config, out_dir, max_steps, resume, memory_budget, progress, processes
     validate_config(cfg, memory_budget=parse_bytes(memory_budget) if memory_budget else None)
     out = Path(out_dir) if out_dir else default_output(cfg)
     result = run_training(cfg, out, max_steps=max_steps, resume=resume, progress=progress)
-    s = result.summary
-    change = "; ".join(f"{k[5:]} {s['first_losses'][k]:.3f} -> {v:.3f}" for k, v in s["final_losses"].items()
-                       if v is not None and s["first_losses"].get(k) is not None)
-    speed = f", {s['images_per_s']:.0f} images/s" if s.get("images_per_s") else ""
-    click.echo(f"{result.status}: step {result.step}/{result.total_steps} of {cfg.method} on {s['spec']}{speed}; "
-               f"loss {change}; run {out}")
+    from archspec.train.loop import result_line
+
+    click.echo(result_line(result, cfg.method, result.summary.get("processes")))
     if result.status == "interrupted":
-        click.echo(f"interrupted: checkpoint {out / s['checkpoint']} saved (continue with --resume)", err=True)
+        click.echo(f"interrupted: checkpoint {out / result.summary['checkpoint']} saved (continue with --resume)",
+                   err=True)
         raise click.exceptions.Exit(130)
 
 

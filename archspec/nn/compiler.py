@@ -41,10 +41,7 @@ class StagedNet(nn.Module):
         self.spec = spec
         shapes = infer_shapes(spec)
         self.stage_names: list[str] = list(spec.stage_names)
-        for stage, shape in zip(spec.stages, shapes):
-            if hasattr(self, stage.name):
-                raise SpecError(f"stage name '{stage.name}' clashes with an nn.Module attribute",
-                                what=f"stage '{stage.name}'", hint="rename the stage, e.g. res2")
+        for stage, shape in zip(spec.stages, shapes):  # infer_shapes refused names that clash
             self.add_module(stage.name, build_stage(stage, shape.in_shape[0]))
         self.head = PoolHead(spec.head, spec.features)
         # (channels, height, width) each stage must produce, checked by check_shapes().

@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 
 from archspec.errors import UserError
-from archspec.profile.table6 import TABLE6_OPS
 
 SCHEMA = "archspec.balance/1"
 METRICS = ("flops", "memory", "params")
@@ -112,15 +111,6 @@ def balance_from_profile(doc: dict, band: tuple[float, float] | None = None,
         "training_memory": {m: {"peak_bytes": p["total"], "saving_vs_simclr": p["saving_vs_simclr"],
                                 "peak_at": p["peak_at"]} for m, p in methods.items()},
     }
-
-
-def balance(spec, band=None, ops=TABLE6_OPS, measure: str = "block_outputs", batch: int = 256, size=None,
-            dtype: str = "float32", optimizer: str = "sgd") -> dict:
-    """Profile ``spec`` (traced, on meta tensors) and summarise its balance."""
-    from archspec.profile.profiler import profile
-
-    doc = profile(spec, batch=batch, size=size, dtype=dtype, optimizer=optimizer, ops=ops).to_dict()
-    return balance_from_profile(doc, band, measure)
 
 
 # -- rendering ----------------------------------------------------------------------------------

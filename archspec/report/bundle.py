@@ -53,7 +53,7 @@ def build_report(specs: list, out: Path, *, batch: int = 256, measure: str = "bl
         _write(out, f"compare.{fmt}", compare_mod.render(comparison, fmt), written)
     for fmt in ("md", "tex"):
         _write(out, f"architecture.{fmt}", render_arch_table(specs, fmt), written)
-    paper_views = [table6(s) for s in specs if "paper_memory" in table6(s)["rows"][0]]
+    paper_views = [view for view in map(table6, specs) if "paper_memory" in view["rows"][0]]
     if paper_views:
         _write(out, "table6.txt", "".join(render_table6(v) + "\n" for v in paper_views), written)
     tick("plotting")

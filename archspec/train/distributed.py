@@ -58,10 +58,10 @@ import torch.distributed as dist
 
 from archspec.errors import UserError
 from archspec.io import write_bytes_atomic, write_text_atomic
-from archspec.train.config import TrainConfig, loads_config
+from archspec.train.config import TrainConfig
 from archspec.train.loop import (
-    CHECKPOINT_FORMAT, Model, Runner, RunResult, _diff, _load_checkpoint, _Stopper, _tensorboard, _torch_settings,
-    _tuples, check_finite, checkpoint_paths, dump_config, latest_checkpoint, log_step, read_log)
+    CHECKPOINT_FORMAT, Model, Runner, RunResult, _load_checkpoint, _Stopper, _tensorboard, _torch_settings,
+    _tuples, check_finite, check_run_dir, checkpoint_paths, dump_config, log_step, read_log, result_line)
 
 
 def default_timeout_s() -> float:
@@ -116,26 +116,6 @@ def peak_rss_bytes() -> int:
 
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(rss if sys.platform == "darwin" else rss * 1024)
-
-
-def check_run_dir(cfg: TrainConfig, out: Path, resume: bool) -> Path | None:
-    """The single-process runner's checks of the run directory (same messages); the newest
-    checkpoint when resuming."""
-    if resume:
-        if not (out / "config.yaml").is_file():
-            raise UserError(f"nothing to resume: {out} has no config.yaml (hint: start the run without --resume)")
-        saved = loads_config((out / "config.yaml").read_text(), str(out / "config.yaml"), out)
-        changed = _diff(saved.to_data(), cfg.to_data())
-        if changed:
-            raise UserError(f"{cfg.source}: '{changed}' differs from the run's config.yaml in {out} (hint: resume "
-                            f"with the config the run started with, or start a new run with --out)")
-        checkpoint = latest_checkpoint(out)
-        if checkpoint is None:
-            raise UserError(f"nothing to resume: {out} has no checkpoint (hint: start the run without --resume)")
-        return checkpoint
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(f"run directory {out} already exists (hint: --resume to continue it, or --out for a new run)")
-    return None
 
 
 def _cpu(value):
@@ -804,11 +784,7 @@ def _command():
         result = train_distributed(cfg, out, max_steps=max_steps, resume=resume, progress=progress)
         s = result.summary
         if rank0:
-            change = "; ".join(f"{k[5:]} {s['first_losses'][k]:.3f} -> {v:.3f}" for k, v in s["final_losses"].items()
-                               if v is not None and s["first_losses"].get(k) is not None)
-            speed = f", {s['images_per_s']:.0f} images/s" if s.get("images_per_s") else ""
-            click.echo(f"{result.status}: step {result.step}/{result.total_steps} of {cfg.method} on {s['spec']}"
-                       f"{speed}, {result.summary['processes']} processes; loss {change}; run {out}")
+            click.echo(result_line(result, cfg.method, s["processes"]))
         if result.status == "interrupted":
             if rank0:
                 click.echo(f"interrupted: checkpoint {out / s['checkpoint']} saved (continue with --resume)", err=True)

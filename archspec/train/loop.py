@@ -397,6 +397,17 @@ class Runner:
         }
 
 
+def result_line(result: RunResult, method: str, processes: int | None = None) -> str:
+    """``completed: step 165/165 of loco on tiny_digits, 856 images/s; loss res3 5.39 -> 3.19; run DIR``."""
+    s = result.summary
+    change = "; ".join(f"{k[5:]} {s['first_losses'][k]:.3f} -> {v:.3f}" for k, v in s["final_losses"].items()
+                       if v is not None and s["first_losses"].get(k) is not None)
+    speed = f", {s['images_per_s']:.0f} images/s" if s.get("images_per_s") else ""
+    procs = f", {processes} processes" if processes else ""
+    return (f"{result.status}: step {result.step}/{result.total_steps} of {method} on {s['spec']}{speed}{procs}; "
+            f"loss {change}; run {result.out}")
+
+
 def check_finite(losses: dict[str, float], step: int, save) -> None:
     """A NaN or infinite loss ends the run with a checkpoint and a one-line error."""
     if not all(math.isfinite(v) for v in losses.values()):
@@ -433,12 +444,9 @@ def _tensorboard(out: Path):
     return SummaryWriter(str(out / "tb"))
 
 
-def train(cfg: TrainConfig, out: Path | str, *, max_steps: int | None = None, resume: bool = False,
-          progress: bool | None = None, on_step=None) -> RunResult:
-    """Train ``cfg`` into run directory ``out``; ``max_steps`` stops at that global step (the
-    schedule still spans the config's epochs); ``resume`` continues from the newest checkpoint.
-    ``on_step(step, losses)`` is called after every step."""
-    out = Path(out)
+def check_run_dir(cfg: TrainConfig, out: Path, resume: bool) -> Path | None:
+    """Refuse a run directory that would be overwritten, or a resume that cannot be exact (no
+    checkpoint, a config whose numbers differ); the newest checkpoint when resuming."""
     if resume:
         if not (out / "config.yaml").is_file():
             raise UserError(f"nothing to resume: {out} has no config.yaml (hint: start the run without --resume)")
@@ -450,8 +458,19 @@ def train(cfg: TrainConfig, out: Path | str, *, max_steps: int | None = None, re
         checkpoint = latest_checkpoint(out)
         if checkpoint is None:
             raise UserError(f"nothing to resume: {out} has no checkpoint (hint: start the run without --resume)")
-    elif out.exists() and (not out.is_dir() or any(out.iterdir())):
+        return checkpoint
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"run directory {out} already exists (hint: --resume to continue it, or --out for a new run)")
+    return None
+
+
+def train(cfg: TrainConfig, out: Path | str, *, max_steps: int | None = None, resume: bool = False,
+          progress: bool | None = None, on_step=None) -> RunResult:
+    """Train ``cfg`` into run directory ``out``; ``max_steps`` stops at that global step (the
+    schedule still spans the config's epochs); ``resume`` continues from the newest checkpoint.
+    ``on_step(step, losses)`` is called after every step."""
+    out = Path(out)
+    checkpoint = check_run_dir(cfg, out, resume)
     with _torch_settings(cfg.threads, cfg.deterministic):
         runner = Runner(cfg, out, progress)
         out.mkdir(parents=True, exist_ok=True)
