@@ -19,8 +19,10 @@
 One-channel images get brightness and contrast only (no saturation, hue or grayscale).
 Every random number comes from ``generator`` (if given; else torch's global RNG), drawn on the
 generator's device in a fixed order and count per call, so a generator seeded alike gives the
-same views, on any device. Shrinking crops are not antialiased
-(grid_sample samples the input at the output's pixel centres), as kornia's default.
+same views, on any device. ``rows=(start, total)`` makes the draws of a call on the full batch
+of ``total`` images and applies those of images ``start ..`` to ``batch``: a data-parallel
+replica's contiguous shard gets the views the whole batch would get. Shrinking crops are not
+antialiased (grid_sample samples the input at the output's pixel centres), as kornia's default.
 """
 from __future__ import annotations
 
@@ -140,10 +142,10 @@ class SimCLRAugment:
         y0 = torch.floor(u[1] * (h - ch + 1)).clamp(max=h - ch)
         return (x0 + cw / 2) / w, (y0 + ch / 2) / h, cw / w, ch / h
 
-    def _crop_flip(self, x: torch.Tensor, generator) -> torch.Tensor:
+    def _crop_flip(self, x: torch.Tensor, generator, keep: slice, n: int) -> torch.Tensor:
         b, _, h, w = x.shape
-        cx, cy, fw, fh = self._crop_boxes(b, h, w, generator, x.device)
-        flip = _rand(b, generator, x.device) < self.flip_p
+        cx, cy, fw, fh = (t[keep] for t in self._crop_boxes(n, h, w, generator, x.device))
+        flip = _rand(n, generator, x.device)[keep] < self.flip_p
         sign = torch.where(flip, -1.0, 1.0).to(x.dtype)
         theta = torch.zeros(b, 2, 3, dtype=x.dtype, device=x.device)
         theta[:, 0, 0] = fw.to(x.dtype) * sign
@@ -153,16 +155,16 @@ class SimCLRAugment:
         grid = F.affine_grid(theta, [b, x.shape[1], self.size, self.size], align_corners=False)
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
-    def _jitter(self, x: torch.Tensor, generator) -> torch.Tensor:
-        b, c = x.shape[:2]
+    def _jitter(self, x: torch.Tensor, generator, keep: slice, n: int) -> torch.Tensor:
+        c = x.shape[1]
         dev = x.device
         bj, cj, sj, hj = self.jitter
-        apply = _rand(b, generator, dev) < self.jitter_p
-        bright = _uniform(b, max(0.0, 1 - bj), 1 + bj, generator, dev)
-        contrast = _uniform(b, max(0.0, 1 - cj), 1 + cj, generator, dev)
-        sat = _uniform(b, max(0.0, 1 - sj), 1 + sj, generator, dev)
-        hue = _uniform(b, -hj, hj, generator, dev)
-        order = torch.argsort(_rand((b, 4), generator, dev), dim=1)  # a random order per image
+        apply = _rand(n, generator, dev)[keep] < self.jitter_p
+        bright = _uniform(n, max(0.0, 1 - bj), 1 + bj, generator, dev)[keep]
+        contrast = _uniform(n, max(0.0, 1 - cj), 1 + cj, generator, dev)[keep]
+        sat = _uniform(n, max(0.0, 1 - sj), 1 + sj, generator, dev)[keep]
+        hue = _uniform(n, -hj, hj, generator, dev)[keep]
+        order = torch.argsort(_rand((n, 4), generator, dev)[keep], dim=1)  # a random order per image
         ops = [0, 1] + ([2, 3] if c == 3 else [])
         enabled = {0: bj > 0, 1: cj > 0, 2: sj > 0, 3: hj > 0}
         x = x.clone()
@@ -191,16 +193,15 @@ class SimCLRAugment:
                 x[idx] = sub.clamp(0.0, 1.0)
         return x
 
-    def _grayscale(self, x: torch.Tensor, generator) -> torch.Tensor:
-        pick = _rand(x.shape[0], generator, x.device) < self.gray_p
+    def _grayscale(self, x: torch.Tensor, generator, keep: slice, n: int) -> torch.Tensor:
+        pick = _rand(n, generator, x.device)[keep] < self.gray_p
         if x.shape[1] != 3 or not bool(pick.any()):
             return x
         return torch.where(pick.view(-1, 1, 1, 1), grayscale(x).expand_as(x), x)
 
-    def _blur(self, x: torch.Tensor, generator) -> torch.Tensor:
-        b = x.shape[0]
-        pick = _rand(b, generator, x.device) < self.blur_p
-        sigma = _uniform(b, *self.blur_sigma, generator, x.device)
+    def _blur(self, x: torch.Tensor, generator, keep: slice, n: int) -> torch.Tensor:
+        pick = _rand(n, generator, x.device)[keep] < self.blur_p
+        sigma = _uniform(n, *self.blur_sigma, generator, x.device)[keep]
         idx = torch.nonzero(pick).flatten()
         if idx.numel() == 0:
             return x
@@ -210,19 +211,29 @@ class SimCLRAugment:
 
     # ----------------------------------------------------------------------- the pipeline
 
-    def __call__(self, batch: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """``batch`` [B, C, H, W] (or one image [C, H, W]) in [0, 1] -> [B, C, size, size]."""
+    def __call__(self, batch: torch.Tensor, generator: torch.Generator | None = None,
+                 rows: tuple[int, int] | None = None) -> torch.Tensor:
+        """``batch`` [B, C, H, W] (or one image [C, H, W]) in [0, 1] -> [B, C, size, size].
+
+        ``rows=(start, total)``: ``batch`` is images ``start .. start + B - 1`` of a batch of
+        ``total``; the draws (and the generator's state after) are those of a call on all
+        ``total`` images, so the result is that call's rows ``start .. start + B - 1``."""
         single = batch.ndim == 3
         x = batch.unsqueeze(0) if single else batch
         if x.ndim != 4:
             raise ValueError(f"expected images [B, C, H, W], got shape {tuple(batch.shape)}")
+        b = x.shape[0]
+        start, n = (0, b) if rows is None else (int(rows[0]), int(rows[1]))
+        if start < 0 or start + b > n:
+            raise ValueError(f"rows={rows} does not hold a batch of {b} images (want 0 <= start, start + {b} <= total)")
+        keep = slice(start, start + b)
         x = x.float() / 255.0 if x.dtype == torch.uint8 else x
         if not x.is_floating_point():
             x = x.float()
-        x = self._crop_flip(x, generator)
-        x = self._jitter(x, generator)
-        x = self._grayscale(x, generator)
-        x = self._blur(x, generator)
+        x = self._crop_flip(x, generator, keep, n)
+        x = self._jitter(x, generator, keep, n)
+        x = self._grayscale(x, generator, keep, n)
+        x = self._blur(x, generator, keep, n)
         x = x.clamp(0.0, 1.0)
         return x.squeeze(0) if single else x
 
