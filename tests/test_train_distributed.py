@@ -151,3 +151,60 @@ def test_torchrun(tmp_path):
     assert done.stdout.count("max_steps: step 2/10 of simclr on micro, ") == 1, done.stdout  # rank 0 prints
     train(load_config(path), tmp_path / "one", max_steps=2, progress=False)
     compare_runs(tmp_path / "one", tmp_path / "stage", 2)
+
+
+# -- the pipelined schedule -------------------------------------------------------------------------
+@pytest.mark.parametrize("method, optimizer", [("gim", "sgd"), ("loco", "lars")])
+def test_pipelined_equals_its_single_process_reference(tmp_path, method, optimizer):
+    """Four ranks pipelined over 7 steps with a checkpoint (a drained pipeline) at step 4 against
+    the single-process runner with the same config, which applies the same delays
+    (archspec.train.stale): the same losses, weights, optimizer and schedule state."""
+    cfg = load_config(write_config(tmp_path, method, optimizer, pipeline="pipelined", checkpoint_every=4))
+    train(cfg, tmp_path / "one", max_steps=7, progress=False)
+    result = train_distributed(cfg, tmp_path / "stage", max_steps=7, progress=False, deadline_s=TIMEOUT)
+    assert (result.status, result.step) == ("max_steps", 7) and result.summary["pipeline"] == "pipelined"
+    for step in (4, 7):
+        diff = compare_runs(tmp_path / "one", tmp_path / "stage", step)
+        print(method, step, "max abs difference:", diff)
+    assert [r["step"] for r in read_log(tmp_path / "stage")] == list(range(1, 8))
+
+
+def test_pipelined_gim_is_exactly_gim_and_pipelined_loco_is_one_step_stale(tmp_path):
+    """GIM has no delay: pipelined equals the synchronous single-process GIM. LoCo's stages but
+    the last compute with weights one update old: its numbers equal synchronous LoCo's at step 1
+    (no update yet) and differ from step 2 on (W_0 instead of W_1)."""
+    gim = load_config(write_config(tmp_path, "gim", "sgd", name="gim.yaml", pipeline="pipelined"))
+    train(load_config(write_config(tmp_path, "gim", "sgd", name="gim_sync.yaml")), tmp_path / "gim_sync",
+          max_steps=3, progress=False)
+    train_distributed(gim, tmp_path / "gim_pipe", max_steps=3, progress=False, deadline_s=TIMEOUT)
+    compare_runs(tmp_path / "gim_sync", tmp_path / "gim_pipe", 3)
+
+    stale = load_config(write_config(tmp_path, "loco", "sgd", name="loco.yaml", pipeline="pipelined"))
+    sync = load_config(write_config(tmp_path, "loco", "sgd", name="loco_sync.yaml"))
+    train(stale, tmp_path / "loco_stale", max_steps=3, progress=False)
+    train(sync, tmp_path / "loco_sync", max_steps=3, progress=False)
+    stale_log, sync_log = read_log(tmp_path / "loco_stale"), read_log(tmp_path / "loco_sync")
+    assert stale_log[0]["loss/res3"] == sync_log[0]["loss/res3"]
+    assert stale_log[0]["loss/res5"] == sync_log[0]["loss/res5"]
+    assert stale_log[1]["loss/res3"] != sync_log[1]["loss/res3"]
+    assert stale_log[1]["loss/res5"] != sync_log[1]["loss/res5"]  # exact itself, on a stale stage's output
+
+
+def test_pipelined_resumes_across_runners(tmp_path):
+    """Pipelined LoCo: 4 steps in one process, 2 pipelined ranks' steps from there, then 2
+    single-process steps: the same as 8 steps in one process. (The delay restarts at every
+    segment, so a resume is exact at multiples of checkpoint_every, here 2.)"""
+    cfg = load_config(write_config(tmp_path, "loco", "adam", pipeline="pipelined", checkpoint_every=2))
+    train(cfg, tmp_path / "straight", max_steps=8, progress=False)
+    train(cfg, tmp_path / "mixed", max_steps=4, progress=False)
+    train_distributed(cfg, tmp_path / "mixed", max_steps=6, resume=True, progress=False, deadline_s=TIMEOUT)
+    train(cfg, tmp_path / "mixed", max_steps=8, resume=True, progress=False)
+    compare_runs(tmp_path / "straight", tmp_path / "mixed", 8)
+
+
+def test_simclr_cannot_be_pipelined(tmp_path):
+    path = write_config(tmp_path, "simclr", "sgd")
+    result = CliRunner().invoke(main, ["train", str(path), "--out", str(tmp_path / "run"), "--processes", "stage",
+                                       "--schedule", "pipelined"])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    assert "simclr cannot be pipelined" in result.output

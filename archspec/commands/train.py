@@ -38,6 +38,18 @@ def validate_training_config(path: str, memory_budget: str | None = None, check_
     _print_validation(path, cfg, report)
 
 
+def with_schedule(cfg, schedule: str | None):
+    """``cfg`` with ``--schedule`` in place of its ``pipeline`` key (one line if it cannot be)."""
+    import dataclasses
+
+    if schedule is None or schedule == cfg.pipeline:
+        return cfg
+    if schedule == "pipelined" and cfg.method == "simclr":
+        raise UserError(f"{cfg.source}: simclr cannot be pipelined: its one loss needs every stage's gradient "
+                        f"within the step (hint: --schedule sync, or method gim or loco)")
+    return dataclasses.replace(cfg, pipeline=schedule)
+
+
 @click.command("train")
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False),
@@ -50,7 +62,10 @@ def validate_training_config(path: str, memory_budget: str | None = None, check_
 @click.option("--processes", type=click.Choice(["one", "stage"]), default="one", show_default=True,
               help="one: a single process; stage: one process per local stage (model parallel, torch.distributed; "
                    "spawned here, or the ranks of a torchrun launch). See docs/training.md.")
-def train(config, out_dir, max_steps, resume, memory_budget, progress, processes):
+@click.option("--schedule", type=click.Choice(["sync", "pipelined"]), default=None,
+              help="With --processes stage: sync (one batch in flight) or pipelined (gim, loco: every rank busy, "
+                   "LoCo's gradient one step late; see docs/training.md). Default: the config's 'pipeline' (sync).")
+def train(config, out_dir, max_steps, resume, memory_budget, progress, processes, schedule):
     """Train the encoder of a training CONFIG (SimCLR, GIM or LoCo; see docs/training.md).
 
     Writes config.yaml, log.jsonl, checkpoints/ and summary.json into the run directory.
@@ -62,7 +77,7 @@ def train(config, out_dir, max_steps, resume, memory_budget, progress, processes
     else:
         from archspec.train.loop import train as run_training
 
-    cfg = load_config(config)
+    cfg = with_schedule(load_config(config), schedule)
     validate_config(cfg, memory_budget=parse_bytes(memory_budget) if memory_budget else None)
     out = Path(out_dir) if out_dir else default_output(cfg)
     result = run_training(cfg, out, max_steps=max_steps, resume=resume, progress=progress)

@@ -19,6 +19,7 @@ METHODS = ("simclr", "gim", "loco")
 OPTIMIZERS = ("lars", "sgd", "adam")
 DATA_KINDS = ("image_folder", "cifar10", "digits", "synthetic")
 DTYPES = ("float32", "float64")
+PIPELINES = ("sync", "pipelined")
 
 
 class ConfigError(SpecError):
@@ -130,6 +131,7 @@ class TrainConfig:
     deterministic: bool = True  # torch.use_deterministic_algorithms (bitwise resume)
     log_every: int = 1  # steps between log.jsonl records
     checkpoint_every: int = 500  # steps between checkpoints (and one at the end)
+    pipeline: str = "sync"  # sync | pipelined (gim, loco): the schedule of one process per local stage
     keep_checkpoints: int = 2  # newest step checkpoints kept
     tensorboard: bool = True  # write event files when torch.utils.tensorboard imports
     source: str = field(default="<config>", compare=False)
@@ -250,7 +252,7 @@ def _kind(value) -> str:
 
 TOP_KEYS = ("spec", "method", "data", "optimizer", "schedule", "decoders", "augment", "batch", "epochs",
             "temperature", "seed", "output", "device", "dtype", "threads", "deterministic", "log_every",
-            "checkpoint_every", "keep_checkpoints", "tensorboard")
+            "checkpoint_every", "keep_checkpoints", "tensorboard", "pipeline")
 
 
 def loads_config(text: str, source: str = "<config>", base: Path | str | None = None) -> TrainConfig:
@@ -312,9 +314,12 @@ def loads_config(text: str, source: str = "<config>", base: Path | str | None = 
         "batch": pos_int, "epochs": pos_int, "temperature": lambda v, p: n(v, p, low=0, low_open=True),
         "seed": nonneg_int, "output": lambda v, p: None if v is None else r.path(v, p), "device": _device_parser(r), "dtype": lambda v, p: r.choice(v, p, DTYPES),
         "threads": opt_pos_int, "deterministic": r.flag, "log_every": pos_int, "checkpoint_every": pos_int,
-        "keep_checkpoints": pos_int, "tensorboard": r.flag,
+        "keep_checkpoints": pos_int, "tensorboard": r.flag, "pipeline": lambda v, p: r.choice(v, p, PIPELINES),
     }
     values = {key: top[key](data[key], (key,)) for key in top if key in data}
+    if values.get("pipeline") == "pipelined" and data["method"] == "simclr":
+        r.fail(("pipeline",), "simclr cannot be pipelined: its one loss needs every stage's gradient within the step",
+               hint="use pipeline: sync, or method gim or loco")
     if values.get("batch", 256) < 2:
         r.fail(("batch",), "a contrastive batch needs at least 2 images", hint="use batch: 2 or more")
     return TrainConfig(spec=spec, method=r.choice(data["method"], ("method",), METHODS), data=data_section,

@@ -34,6 +34,7 @@ import torch
 from archspec.errors import UserError
 from archspec.io import write_bytes_atomic, write_text_atomic
 from archspec.train.config import TrainConfig, load_config, load_training_spec, loads_config
+from archspec.train.stale import StaleWeights, is_segment_start, stage_delays
 
 CHECKPOINT_FORMAT = "archspec.checkpoint/1"
 # Keys that may change between a run and its resumption without changing its numbers.
@@ -223,6 +224,8 @@ class Runner:
                             f"training images (hint: lower 'batch')")
         self.total_steps = cfg.epochs * self.steps_per_epoch
         self.method = build_method(cfg.method, self.model.net, self.model.decoders, cfg.temperature)
+        # pipeline: pipelined trains with the pipelined schedule's delays (archspec.train.stale)
+        self.stale = StaleWeights(self.method, stage_delays(cfg.method, len(self.method.groups), cfg.pipeline))
         o = cfg.optimizer
         groups = param_groups(trainable_modules(self.model.net, self.model.decoders), o.weight_decay,
                               o.exclude_bn_bias)
@@ -339,7 +342,9 @@ class Runner:
                     lr = self.optimizer.param_groups[0]["lr"]
                     for p in params:
                         p.grad = None
-                    losses = self.method.step(view1, view2)
+                    if is_segment_start(step, start, cfg.checkpoint_every):
+                        self.stale.reset()
+                    losses = self.stale.step(view1, view2)
                     self.optimizer.step()
                     self.scheduler.step()
                     losses = {k: float(v) for k, v in losses.items()}

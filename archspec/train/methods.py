@@ -73,16 +73,21 @@ class Method:
         self.temperature = temperature
         self.groups = local_stages(net.spec)
         self.labels = [group_label(g) for g in self.groups]
+        self.contrast = nt_xent  # data parallel: the loss over every replica's rows (archspec.train.replicas)
 
     def run_group(self, k: int, x: torch.Tensor) -> torch.Tensor:
         for name in self.groups[k]:
             x = getattr(self.net, name)(x)
         return x
 
-    def loss(self, label: str, y: torch.Tensor) -> torch.Tensor:
-        z = self.decoders[label](y)
+    def loss(self, label: str, y: torch.Tensor, params: dict | None = None) -> torch.Tensor:
+        """Decoder ``label``'s contrastive loss on ``y`` (both views); ``params``: the
+        decoder's parameters by name to use instead of its own (the pipelined schedule's
+        snapshot of a delayed stage, archspec.train.schedule)."""
+        decoder = self.decoders[label]
+        z = decoder(y) if params is None else torch.func.functional_call(decoder, params, (y,))
         z1, z2 = z.chunk(2)
-        return nt_xent(z1, z2, self.temperature)
+        return self.contrast(z1, z2, self.temperature)
 
     def step(self, view1: torch.Tensor, view2: torch.Tensor,
              weights: Mapping[str, float] | None = None) -> dict[str, torch.Tensor]:

@@ -1,0 +1,409 @@
+"""The runner of one rank when every local stage has a process of its own.
+
+:class:`StageRunner` sets a rank up (its stage's modules from the initialised model or the
+checkpoint, its optimizer and schedule over its own parameters, as the single-process runner
+would have them), runs the loop of the config's schedule (:mod:`archspec.train.schedule`) and
+writes the log, checkpoints (:mod:`archspec.train.stage_checkpoint`) and summary on rank 0.
+:mod:`archspec.train.distributed` starts the ranks.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from archspec.errors import UserError
+from archspec.io import write_text_atomic
+from archspec.train.config import TrainConfig
+from archspec.train.loop import (
+    Model, Runner, RunResult, _load_checkpoint, _Stopper, _tensorboard, _torch_settings, check_finite,
+    check_run_dir, log_step, read_log)
+from archspec.train.schedule import CHECKPOINT, DONE, INTERRUPTED, NOT_FINITE, Schedules, finite, pipelined_outboxes
+from archspec.train.stage_checkpoint import StageCheckpoints
+from archspec.train.stale import stage_delays
+from archspec.train.transport import Messages
+
+
+def stage_plan(spec) -> tuple[list[list[str]], list[str], list[tuple[tuple, tuple]]]:
+    """Local stages, their labels and (input, output) shapes (C, H, W) from the spec."""
+    from archspec.profile.memory import local_stages
+    from archspec.spec.validate import infer_shapes
+
+    groups = local_stages(spec)
+    shapes = {s.name: s for s in infer_shapes(spec)}
+    io_shapes = [(tuple(shapes[g[0]].in_shape), tuple(shapes[g[-1]].out_shape)) for g in groups]
+    return groups, ["+".join(g) for g in groups], io_shapes
+
+
+def rank_device(name: str, local_rank: int, local_world: int) -> torch.device:
+    """The device of a rank: CUDA (``cuda:LOCAL_RANK``) when this machine has a GPU for every
+    local rank and the config allows it, else the CPU."""
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "mps":
+        raise UserError("device 'mps' cannot run one process per local stage (hint: set device: cpu, cuda or auto)")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count >= local_world:
+        return torch.device("cuda", local_rank)
+    if name == "auto":
+        return torch.device("cpu")
+    raise UserError(f"device '{name}' with one process per local stage needs {local_world} CUDA devices on this "
+                    f"machine, it has {count} (hint: set device: auto or cpu)")
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory: VmHWM on Linux (ru_maxrss there would include the
+    parent's memory at the fork of a spawned process), else ru_maxrss."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource  # not on Windows
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if sys.platform == "darwin" else rss * 1024)
+
+
+@contextlib.contextmanager
+def _rank_settings(threads: int | None, deterministic: bool):
+    """:func:`archspec.train.loop._torch_settings` for one rank. It sets the same eager-mode
+    switch: ``torch.use_deterministic_algorithms`` also sets a flag of the compiler
+    (torch._inductor), which this runner never uses, and importing it costs every process
+    about 1.7 s, so the switch is set directly when torch has it."""
+    switch = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if switch is None:
+        with _torch_settings(threads, deterministic):
+            yield
+        return
+    old_threads = torch.get_num_threads()
+    old_det = torch.are_deterministic_algorithms_enabled()
+    old_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    try:
+        if threads:
+            torch.set_num_threads(threads)
+        if deterministic:
+            switch(True, warn_only=True)
+        yield
+    finally:
+        torch.set_num_threads(old_threads)
+        switch(old_det, warn_only=old_warn)
+
+
+def _build_model(cfg: TrainConfig, spec, device) -> Model:
+    """:func:`archspec.train.loop.build_model` (same seed, same order of initialisation, so the
+    same weights) without its meta-device shape check, which costs each process about a second
+    of imports; :meth:`StageRunner.train_step` checks every stage's output shape instead."""
+    from archspec.nn.compiler import compile_spec
+    from archspec.train.methods import build_decoders
+
+    device = torch.device(device)
+    dtype = getattr(torch, cfg.dtype)
+    torch.manual_seed(cfg.seed)
+    net = compile_spec(spec, device=device, check=False).to(dtype)
+    decoders = build_decoders(net, cfg.method, cfg.decoders.decoder_config()).to(dtype)
+    return Model(cfg, spec, net, decoders, device)
+
+class StageRunner(StageCheckpoints, Schedules, Messages, Runner):
+    """The runner of one rank. Inherits the data order (:meth:`Runner.batches`) and the summary
+    from the single-process :class:`Runner`; everything that touches the run directory runs on
+    rank 0 only. Every method that communicates must be called by all ranks alike."""
+
+    def __init__(self, cfg: TrainConfig, out: Path, rank: int, world: int, device: torch.device,
+                 progress: bool | None = None, resume: bool = False, stop_file: str | None = None):
+        from archspec.train.augment import SimCLRAugment
+        from archspec.train.config import load_training_spec
+        from archspec.train.data import build_dataset
+        from archspec.train.methods import build_method, trainable_modules
+        from archspec.train.optim import WarmupCosine, build_optimizer, param_groups
+
+        self.cfg, self.out, self.progress = cfg, Path(out), progress
+        self.rank, self.world, self.device = rank, world, device
+        self.stage = rank  # the local stage this rank owns
+        self.replica = 0
+        self.stop_file = stop_file  # spawned runs: the parent creates it at a Ctrl-C
+        self.dtype = getattr(torch, cfg.dtype)
+        spec = load_training_spec(cfg)
+        self.groups, self.labels, self.io_shapes = stage_plan(spec)
+        self.stages = len(self.groups)
+        if world != self.stages:
+            raise UserError(f"{cfg.source}: spec '{spec.name}' has {len(self.groups)} local stages "
+                            f"({', '.join(self.labels)}): one process per local stage needs {len(self.groups)} "
+                            f"processes, not {world} (hint: torchrun --nproc-per-node {len(self.groups)})")
+        self.loss_ranks = [self.stages - 1] if cfg.method == "simclr" else list(range(self.stages))
+        self.label = self.labels[self.stage]
+        self.has_decoder = self.stage in self.loss_ranks
+
+        # Rank 0 builds the whole model exactly as the single-process runner (same seed, same
+        # device) and hands every rank its stage; the others build a memory-free twin.
+        self.model = _build_model(cfg, spec, device if rank == 0 else "meta")
+        self.size = self.model.spec.input_size[0]
+        info, state = {"error": None}, None
+        if rank == 0:
+            try:
+                checkpoint = check_run_dir(cfg, self.out, resume)
+                self.dataset = build_dataset(cfg.data.data_config(self.size), "train")
+                channels = getattr(self.dataset, "channels", spec.input_channels)
+                if channels != spec.input_channels:
+                    raise UserError(f"{cfg.source}: the data has {channels} channel(s), spec '{spec.name}' takes "
+                                    f"{spec.input_channels} (hint: set data.channels)")
+                if len(self.dataset) // cfg.batch < 1:
+                    raise UserError(f"{cfg.where('batch')}: batch {cfg.batch} is larger than the "
+                                    f"{len(self.dataset)} training images (hint: lower 'batch')")
+                info["images"] = len(self.dataset)
+                if checkpoint is not None:
+                    state = _load_checkpoint(checkpoint)
+                    total = cfg.epochs * (len(self.dataset) // cfg.batch)
+                    if state["total_steps"] != total:
+                        raise UserError(f"checkpoint {checkpoint} is from a run of {state['total_steps']} steps, "
+                                        f"this config makes {total} (hint: resume with the run's own config)")
+            except UserError as err:
+                info = {"error": str(err), "exit_code": err.exit_code}
+        info = self._broadcast(info)
+        if info["error"] is not None:
+            err = UserError(info["error"])
+            err.exit_code = info["exit_code"]
+            raise err
+        self.steps_per_epoch = info["images"] // cfg.batch
+        self.total_steps = cfg.epochs * self.steps_per_epoch
+
+        net, decoders = self.model.net, self.model.decoders
+        self.model_keys = list(net.state_dict().keys())
+        self.decoder_keys = list(decoders.state_dict().keys())
+        # Every parameter by name ("net.res3.0.conv1.weight", "decoders.res3.mlp.0.weight") and
+        # its index in the single-process runner's optimizer state (the checkpoint format).
+        o = cfg.optimizer
+        full = param_groups(trainable_modules(net, decoders), o.weight_decay, o.exclude_bn_bias)
+        names = self._param_names()
+        self.full_index = {names[id(p)]: i for i, p in enumerate(p for g in full for p in g["params"])}
+        if rank == 0:
+            reference = build_optimizer(o.name, full, lr=o.effective_lr(cfg.batch), momentum=o.momentum,
+                                        trust_coefficient=o.trust_coefficient, betas=o.betas)
+            self.full_param_groups = reference.state_dict()["param_groups"]
+            self.full_base_lrs = [g["lr"] for g in reference.param_groups]
+            del reference
+        del full
+
+        # Every rank gets its stage (and decoder): from the initialised model or the checkpoint,
+        # one rank at a time (an object scatter would pad every part to the largest).
+        if rank == 0:
+            part = self._part_from_state(0, state) if state is not None else {}
+            for r in range(1, world):
+                self._send_object(self._part_from_state(r, state) if state is not None else
+                                  self._part_from_model(r), r)
+        else:
+            part = self._recv_object(0)
+        own = self.own_modules()
+        if rank == 0:
+            for r in range(1, world):  # free what rank r owns
+                for name in self.groups[r]:
+                    getattr(net, name).to("meta")
+            for label in decoders:
+                if label != self.label or not self.has_decoder:
+                    decoders[label].to("meta")
+        else:
+            for module in own:
+                module.to_empty(device=device)
+        if rank != 0 or state is not None:
+            self._load_weights(part)
+
+        # The optimizer and schedule over this rank's parameters, as the single-process runner's.
+        names = self._param_names()
+        groups = param_groups(own, o.weight_decay, o.exclude_bn_bias)
+        self.optimizer = build_optimizer(o.name, groups, lr=o.effective_lr(cfg.batch), momentum=o.momentum,
+                                         trust_coefficient=o.trust_coefficient, betas=o.betas)
+        self.param_names = [names[id(p)] for g in self.optimizer.param_groups for p in g["params"]]
+        self.scheduler = WarmupCosine(self.optimizer, self.total_steps, cfg.schedule.warmup(self.steps_per_epoch),
+                                      cfg.schedule.decay, cfg.schedule.final_lr_ratio)
+        self.method = build_method(cfg.method, net, decoders, cfg.temperature)
+        self.stage_params = [p for name in self.groups[self.stage] for p in getattr(net, name).parameters()
+                             if p.requires_grad]
+        self.decoder_params = [p for _, p in decoders[self.label].named_parameters()] if self.has_decoder else []
+        # the pipelined schedule (archspec.train.schedule): its own gloo group for the small messages
+        self.delay = stage_delays(cfg.method, self.stages, cfg.pipeline)[self.stage]
+        self.control_group = dist.new_group(backend="gloo") if cfg.pipeline == "pipelined" else None
+        self.pending, self.update_lr, self.fetch_s, self._stopper = None, {}, 0.0, None
+        if rank == 0:
+            self.augment = SimCLRAugment(self.size, **cfg.augment.kwargs())
+            self.aug_generator = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+            random.seed(cfg.seed)
+            np.random.seed(cfg.seed % 2**32)
+        self.step = 0
+        if "optimizer" in part:
+            self._load_training_state(part, state if rank == 0 else None)
+
+    # -- the loop ------------------------------------------------------------------------------------
+    def _fetch(self, batches, stopper):
+        """Rank 0: the next (step, images); None when a DataLoader worker died of a Ctrl-C."""
+        try:
+            return next(batches)
+        except RuntimeError:
+            if not stopper.requested:
+                raise
+            return None
+
+    def stop_requested(self) -> bool:
+        """A Ctrl-C (or the parent's stop file) on this rank, during :meth:`run`."""
+        return self._stopper is not None and self._stop_flag(self._stopper)
+
+    def _stop_flag(self, stopper) -> bool:
+        return stopper.requested or (self.stop_file is not None and os.path.exists(self.stop_file))
+
+    def run(self, max_steps: int | None = None, on_step=None) -> RunResult:
+        from tqdm import tqdm
+
+        cfg, rank0 = self.cfg, self.rank == 0
+        stop = self.total_steps if max_steps is None else min(self.total_steps, max_steps)
+        start = self.step
+        status = "completed" if stop == self.total_steps else "max_steps"
+        writer = bar = None
+        if rank0:
+            writer = _tensorboard(self.out) if cfg.tensorboard else None
+            log_path = self.out / "log.jsonl"
+            records = [r for r in read_log(self.out) if r["step"] <= start]  # drop steps after the checkpoint
+            write_text_atomic(log_path, "".join(json.dumps(r) + "\n" for r in records))
+            bar = tqdm(total=stop, initial=start, unit="step", dynamic_ncols=True, leave=False,
+                       disable=(not self.progress) if self.progress is not None else None,
+                       desc=f"{cfg.method} {self.model.spec.name} x{self.world} {cfg.pipeline}")
+        self.model.net.train()
+        self.model.decoders.train()
+        started = time.perf_counter()
+        with _Stopper() as stopper, (open(log_path, "a", encoding="utf-8") if rank0 else
+                                     contextlib.nullcontext()) as log:
+            self._stopper = stopper
+
+            def record(step, losses, lr, seconds):  # rank 0: a finished step
+                if step % cfg.log_every == 0 or step == stop:
+                    log_step(log, writer, step, step / self.steps_per_epoch, lr, losses, cfg.batch, seconds)
+                bar.update(1)
+                bar.set_postfix({k: f"{v:.3f}" for k, v in list(losses.items())[-2:]}, refresh=False)
+                if on_step is not None:
+                    on_step(step, losses)
+
+            try:
+                loop = self._run_pipelined if cfg.pipeline == "pipelined" else self._run_sync
+                if loop(start, stop, stopper, record):
+                    status = "interrupted"
+            finally:
+                if bar is not None:
+                    bar.close()
+                if writer is not None:
+                    writer.close()
+        rss_training = peak_rss_bytes()  # before the final checkpoint, which rank 0 assembles
+        checkpoint = self.save()
+        rss = [None] * self.world if rank0 else None
+        dist.gather_object((rss_training, peak_rss_bytes()), rss, dst=0)
+        summary = None
+        if rank0:
+            summary = self.summary(status, time.perf_counter() - started, checkpoint)
+            summary.update({"processes": self.world, "backend": dist.get_backend(), "pipeline": cfg.pipeline,
+                            "max_rss_bytes": dict(zip(self.labels, (r[1] for r in rss))),
+                            "max_rss_bytes_training": dict(zip(self.labels, (r[0] for r in rss)))})
+            write_text_atomic(self.out / "summary.json", json.dumps(summary, indent=2) + "\n")
+        summary = self._broadcast(summary)
+        return RunResult(summary["status"], summary["step"], summary["total_steps"], self.out, summary)
+
+    def _views(self, images: torch.Tensor) -> torch.Tensor:
+        """Rank 0: both augmented views of a batch, one tensor of 2B images."""
+        images = images.to(self.device, self.dtype, non_blocking=True)
+        view1 = self.augment(images, self.aug_generator)
+        view2 = self.augment(images, self.aug_generator)
+        return torch.cat([view1, view2])
+
+    def _run_sync(self, start: int, stop: int, stopper, record) -> bool:
+        """One batch in flight, an all-reduce of losses and stop flags after every step. True
+        when a Ctrl-C (or a failed read) stopped the run."""
+        rank0 = self.rank == 0
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        flags = torch.zeros(self.world + 1, dtype=torch.float64, device=self.device)
+        batches = iter(self.batches(start, stop)) if rank0 else None
+        batch = self._fetch(batches, stopper) if rank0 and start < stop else None
+        flags[-1] = float(rank0 and start < stop and batch is None)  # rank 0 could not read the first batch
+        dist.all_reduce(flags)
+        if flags[-1] > 0:
+            return True
+        step = start
+        while step < stop:
+            t0 = time.perf_counter()
+            x = self._views(batch[1]) if rank0 else None
+            lr = self.optimizer.param_groups[0]["lr"]
+            for p in params:
+                p.grad = None
+            loss = self.sync_step(x)
+            self.optimizer.step()
+            self.scheduler.step()
+            fetch_s, data_stop = 0.0, False
+            if rank0 and step + 1 < stop and not self._stop_flag(stopper):
+                t1 = time.perf_counter()  # the next batch, before the all-reduce: its failure stops all
+                batch = self._fetch(batches, stopper)
+                data_stop = batch is None
+                fetch_s = time.perf_counter() - t1
+            flags.zero_()
+            if loss is not None:
+                flags[self.rank] = loss
+            flags[-1] = float(self._stop_flag(stopper) or data_stop)
+            dist.all_reduce(flags)
+            values = flags.tolist()
+            losses = {self.labels[r]: values[r] for r in self.loss_ranks}
+            self.step = step = step + 1
+            dt = time.perf_counter() - t0 - fetch_s
+            check_finite(losses, self.step, self.save)
+            if rank0:
+                record(self.step, losses, lr, dt)
+            if self.step % self.cfg.checkpoint_every == 0 and self.step != stop:
+                self.save()
+            if values[-1] > 0:
+                return True
+        return False
+
+    def _run_pipelined(self, start: int, stop: int, stopper, record) -> bool:
+        """Segments of the pipelined schedule (archspec.train.schedule) up to ``stop``, with a
+        checkpoint between segments. True when a Ctrl-C (or a failed read) stopped the run."""
+        cfg, rank0 = self.cfg, self.rank == 0
+        pipelined_outboxes(self)
+        batches = iter(self.batches(start, stop)) if rank0 else None
+        seen = {"stop": False, "bad": None}
+
+        def decide(b):  # rank 0: the next batch's views, or why the segment ends
+            self.fetch_s = 0.0
+            if b >= stop:
+                return DONE
+            if seen["bad"] is not None:
+                return NOT_FINITE
+            if seen["stop"] or self._stop_flag(stopper):
+                return INTERRUPTED
+            if b != first and b % cfg.checkpoint_every == 0:
+                return CHECKPOINT
+            t = time.perf_counter()
+            batch = self._fetch(batches, stopper)
+            self.fetch_s = time.perf_counter() - t
+            return INTERRUPTED if batch is None else self._views(batch[1])
+
+        def on_losses(step, values, lr, seconds):  # rank 0: step's losses from every stage
+            losses = {self.labels[r]: values[r] for r in self.loss_ranks}
+            seen["stop"] = seen["stop"] or values[-1] > 0
+            if seen["bad"] is None and not finite(losses.values()):
+                seen["bad"] = (step + 1, losses)
+            record(step + 1, losses, lr, seconds)
+
+        while True:
+            first = self.step
+            code = self.run_segment(decide, on_losses)
+            if code == NOT_FINITE:
+                self.save()
+                bad = self._broadcast(seen["bad"])
+                raise UserError(f"the loss became {bad[1]} at step {bad[0]} (hint: lower the learning rate or raise "
+                                f"the temperature); checkpoint saved at step {self.step}")
+            if code != CHECKPOINT:
+                return code == INTERRUPTED
+            self.save()
