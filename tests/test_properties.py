@@ -300,3 +300,36 @@ def test_huge_numbers_are_spec_errors(size, channels):
     text = _ONE_STAGE.format(size=size, channels=channels)
     with pytest.raises(SpecError, match=r"^x\.yaml:\d+: .* too large"):
         loads(text, source="x.yaml")
+
+
+def test_stride_on_a_1x1_map_keeps_the_identity_shortcut():
+    """Found by hypothesis: a strided_conv stage entered at 1x1. Its stride leaves the map 1x1 and
+    the channels stay 1, so the shortcut is the identity (docs/spec-format.md: a projection where
+    channels or size change); the compiler used to add a projection for the stride alone (13
+    parameters in the module, 10 counted)."""
+    from archspec.profile.analytic import stage_counts
+    from archspec.profile.profiler import profile
+
+    spec = Spec(name="a", stages=(
+        Stage(name="s1", output_size=(1, 1), downsample=Downsample("bilinear"),
+              blocks=(BlockGroup("conv", (Conv(kernel=1, channels=1),)),)),
+        Stage(name="s2", output_size=(1, 1), downsample=Downsample("strided_conv"),
+              blocks=(BlockGroup("basic", (Conv(kernel=1, channels=1, stride=2), Conv(kernel=1, channels=1))),))),
+        head=Head(pool="avg", fc=None), input_channels=2, input_size=(8, 8))
+    assert [s.out_shape for s in infer_shapes(spec)] == [(1, 1, 1), (1, 1, 1)]
+    net = compile_spec(spec)
+    assert isinstance(net.s2.block1.shortcut, torch.nn.Identity)
+    outs = net(torch.randn(2, 2, 8, 8), outputs=["s1", "s2", "head"])
+    assert [tuple(t.shape) for t in outs.values()] == [(2, 1, 1, 1), (2, 1, 1, 1), (2, 1)]
+    assert stage_params(spec) == {"s1": 4, "s2": 6, "head": 0}
+    assert {name: sum(p.numel() for p in m.parameters()) for name, m in net.stages.items()} == stage_params(spec)
+    analytic = stage_counts(spec)
+    for row in profile(spec, batch=2, training=False).stages:
+        assert row.params == analytic[row.name].params, row.name
+        assert row.forward == analytic[row.name].macs, row.name
+    # the stride does change a map larger than 1x1: a projection, as in ResNet
+    wider = replace(spec, input_size=(16, 16), stages=(replace(spec.stages[0], output_size=(2, 2)),
+                                                      replace(spec.stages[1], output_size=(1, 1))))
+    net = compile_spec(wider)
+    assert isinstance(net.s2.block1.shortcut, torch.nn.Sequential)
+    assert sum(p.numel() for p in net.parameters()) == sum(stage_params(wider).values()) == 13

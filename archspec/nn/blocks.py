@@ -8,6 +8,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from archspec.spec.schema import RESIDUAL_KINDS, Conv, Downsample, Head
+from archspec.spec.validate import conv_out
 
 
 class ConvBN(nn.Sequential):
@@ -35,17 +36,24 @@ class ConvChain(nn.Sequential):
 
 class ResidualBlock(nn.Module):
     """ReLU(main(x) + shortcut(x)): ReLU after every conv of ``main`` but the last; the
-    shortcut is a 1x1 conv + BN projection where channels or size change, else identity."""
+    shortcut is a 1x1 conv + BN projection where channels or size change, else identity.
 
-    def __init__(self, cin: int, convs: tuple[Conv, ...], first: bool):
+    ``size`` is the (height, width) entering the block. A stride changes the size of any map
+    but a 1x1 one (which it leaves 1x1); without ``size`` a stride counts as a change."""
+
+    def __init__(self, cin: int, convs: tuple[Conv, ...], first: bool, size: tuple[int, int] | None = None):
         super().__init__()
         layers, c, stride = {}, cin, 1
+        hw = None if size is None else tuple(size)
         for i, conv in enumerate(convs):
             s = conv.stride if first else 1
             layers[f"conv{i + 1}"] = ConvBN(c, conv, s, relu=i < len(convs) - 1)
             c, stride = conv.channels, stride * s
+            if hw is not None:
+                hw = tuple(conv_out(n, conv.kernel, s) for n in hw)
         self.main = nn.Sequential(OrderedDict(layers))
-        if cin != c or stride != 1:
+        resized = stride != 1 if size is None else hw != tuple(size)
+        if cin != c or resized:
             self.shortcut = ConvBN(cin, Conv(kernel=1, channels=c), stride, relu=False)
         else:
             self.shortcut = nn.Identity()
@@ -77,9 +85,10 @@ def downsample_module(ds: Downsample, output_size) -> nn.Module | None:
     return None  # 'none', or a strided conv that lives inside the first block
 
 
-def block_module(kind: str, cin: int, convs: tuple[Conv, ...], first: bool) -> nn.Module:
+def block_module(kind: str, cin: int, convs: tuple[Conv, ...], first: bool,
+                 size: tuple[int, int] | None = None) -> nn.Module:
     if kind in RESIDUAL_KINDS:
-        return ResidualBlock(cin, convs, first)
+        return ResidualBlock(cin, convs, first, size)
     return ConvChain(cin, convs, first)
 
 

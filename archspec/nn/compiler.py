@@ -11,21 +11,33 @@ from torch import nn
 from archspec.errors import SpecError
 from archspec.nn.blocks import PoolHead, block_module, downsample_module
 from archspec.spec.schema import Spec, Stage
-from archspec.spec.validate import infer_shapes
+from archspec.spec.validate import conv_out, infer_shapes
 
 
-def build_stage(stage: Stage, cin: int) -> nn.Sequential:
-    """Downsampling first (``pool`` or ``resize``), then ``block1``, ``block2``, ..."""
+def build_stage(stage: Stage, in_shape: tuple[int, int, int]) -> nn.Sequential:
+    """Downsampling first (``pool`` or ``resize``), then ``block1``, ``block2``, ...
+
+    ``in_shape`` is the (channels, height, width) entering the stage; blocks are told the size
+    that enters them (a residual block's shortcut is a projection where the size changes)."""
+    cin, h, w = in_shape
     layers: dict[str, nn.Module] = {}
-    down = downsample_module(stage.downsample, stage.output_size)
+    ds = stage.downsample
+    down = downsample_module(ds, stage.output_size)
     if down is not None:
-        layers["pool" if stage.downsample.kind == "maxpool" else "resize"] = down
+        layers["pool" if ds.kind == "maxpool" else "resize"] = down
+    if ds.kind == "maxpool":
+        h, w = conv_out(h, ds.kernel, ds.stride), conv_out(w, ds.kernel, ds.stride)
+    elif ds.kind == "bilinear":
+        h, w = stage.output_size
     n = 0
     for group in stage.blocks:
         for rep in range(group.repeat):
             n += 1
-            layers[f"block{n}"] = block_module(group.kind, cin, group.convs, first=rep == 0)
+            layers[f"block{n}"] = block_module(group.kind, cin, group.convs, first=rep == 0, size=(h, w))
             cin = group.out_channels
+            if rep == 0:  # strides act in the first block of a group only
+                for conv in group.convs:
+                    h, w = conv_out(h, conv.kernel, conv.stride), conv_out(w, conv.kernel, conv.stride)
     return nn.Sequential(OrderedDict(layers))
 
 
@@ -42,7 +54,7 @@ class StagedNet(nn.Module):
         shapes = infer_shapes(spec)
         self.stage_names: list[str] = list(spec.stage_names)
         for stage, shape in zip(spec.stages, shapes):  # infer_shapes refused names that clash
-            self.add_module(stage.name, build_stage(stage, shape.in_shape[0]))
+            self.add_module(stage.name, build_stage(stage, shape.in_shape))
         self.head = PoolHead(spec.head, spec.features)
         # (channels, height, width) each stage must produce, checked by check_shapes().
         self.expected_shapes = OrderedDict((s.name, s.out_shape) for s in shapes)
