@@ -65,15 +65,22 @@ def with_schedule(cfg, schedule: str | None):
 @click.option("--schedule", type=click.Choice(["sync", "pipelined"]), default=None,
               help="With --processes stage: sync (one batch in flight) or pipelined (gim, loco: every rank busy, "
                    "LoCo's gradient one step late; see docs/training.md). Default: the config's 'pipeline' (sync).")
-def train(config, out_dir, max_steps, resume, memory_budget, progress, processes, schedule):
+@click.option("--data-parallel", "data_parallel", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Replicas, each on its shard of every batch, batch norm and the loss over the whole batch, "
+                   "gradients summed: equal to one process on the whole batch (--processes one).")
+def train(config, out_dir, max_steps, resume, memory_budget, progress, processes, schedule, data_parallel):
     """Train the encoder of a training CONFIG (SimCLR, GIM or LoCo; see docs/training.md).
 
     Writes config.yaml, log.jsonl, checkpoints/ and summary.json into the run directory.
     Ctrl-C saves a checkpoint after the current step and exits with code 130.
     """
     from archspec.train.config import default_output, load_config, parse_bytes, validate_config
-    if processes == "stage":
-        from archspec.train.distributed import train_distributed as run_training
+    import functools
+
+    if processes == "stage" or data_parallel > 1:
+        from archspec.train.distributed import train_distributed
+
+        run_training = functools.partial(train_distributed, processes=processes, data_parallel=data_parallel)
     else:
         from archspec.train.loop import train as run_training
 

@@ -53,8 +53,12 @@ def launched_by_torchrun() -> bool:
 def run_rank(cfg: TrainConfig, out: Path | str, rank: int, world: int, *, local_rank: int | None = None,
              local_world: int | None = None, init_method: str = "env://", max_steps: int | None = None,
              resume: bool = False, progress: bool | None = None, on_step=None, timeout_s: float | None = None,
-             stop_file: str | None = None) -> RunResult:
-    """Join the process group as ``rank`` of ``world``, train, leave. Every rank calls this."""
+             stop_file: str | None = None, processes: str = "stage") -> RunResult:
+    """Join the process group as ``rank`` of ``world``, train, leave. Every rank calls this.
+    ``processes``: ``stage`` (a StageRunner: one local stage per rank) or ``one`` (a
+    ReplicaRunner: the whole network, one data-parallel replica per rank)."""
+    from archspec.train.replica_runner import ReplicaRunner
+
     out = Path(out)
     local_rank = rank if local_rank is None else local_rank
     local_world = world if local_world is None else local_world
@@ -69,14 +73,15 @@ def run_rank(cfg: TrainConfig, out: Path | str, rank: int, world: int, *, local_
     runner = None
     try:
         with _rank_settings(threads, cfg.deterministic):
-            runner = StageRunner(cfg, out, rank, world, device, progress, resume, stop_file)
+            kind = StageRunner if processes == "stage" else ReplicaRunner
+            runner = kind(cfg, out, rank, world, device, progress, resume, stop_file)
             if rank == 0 and not resume:
                 out.mkdir(parents=True, exist_ok=True)
                 write_text_atomic(out / "config.yaml",
                                   dump_config(dataclasses.replace(cfg, output=str(out.resolve()))))
             return runner.run(max_steps=max_steps, on_step=on_step)
     except RuntimeError as exc:  # a peer that died or hung: one line, not gloo's traceback
-        lost = peer_failure(exc, rank, runner.label if runner is not None else "setup")
+        lost = peer_failure(exc, rank, getattr(runner, "label", "replica") if runner is not None else "setup")
         if lost is None:
             raise
         raise lost from None
@@ -85,7 +90,7 @@ def run_rank(cfg: TrainConfig, out: Path | str, rank: int, world: int, *, local_
 
 
 def _spawned(index: int, world: int, init_method: str, cfg: TrainConfig, out: Path, max_steps, resume, progress,
-             timeout_s, talk: str) -> None:
+             timeout_s, talk: str, processes: str) -> None:
     """One spawned rank. ``talk``: the parent's folder for the stop file and the error lines
     (files, so that nothing needs a semaphore or an interpreter teardown)."""
     import multiprocessing
@@ -100,7 +105,7 @@ def _spawned(index: int, world: int, init_method: str, cfg: TrainConfig, out: Pa
     code = 0
     try:
         run_rank(cfg, out, index, world, init_method=init_method, max_steps=max_steps, resume=resume,
-                 progress=progress, timeout_s=timeout_s, stop_file=os.path.join(talk, "stop"))
+                 progress=progress, timeout_s=timeout_s, stop_file=os.path.join(talk, "stop"), processes=processes)
     except UserError as err:  # to the parent as one line; a lost peer's line only if nothing better is known
         kind = "lost" if getattr(err, "secondary", False) else "error"
         write_text_atomic(Path(talk) / f"{kind}-{index:04d}.json", json.dumps([str(err), err.exit_code]))
@@ -149,12 +154,13 @@ def _stop_all(context) -> None:
 
 def train_distributed(cfg: TrainConfig, out: Path | str, *, max_steps: int | None = None, resume: bool = False,
                       progress: bool | None = None, on_step=None, timeout_s: float | None = None,
-                      deadline_s: float | None = None) -> RunResult:
-    """Train ``cfg`` into ``out`` with one process per local stage; arguments as
+                      deadline_s: float | None = None, processes: str = "stage", data_parallel: int = 1) -> RunResult:
+    """Train ``cfg`` into ``out`` with one process per local stage (``processes="stage"``) or
+    with ``data_parallel`` replicas of the whole network (``processes="one"``); arguments as
     :func:`archspec.train.loop.train`. In a process started by torchrun (RANK and WORLD_SIZE
-    set) this process is one rank; otherwise it spawns one process per local stage on this
-    machine (a free port on 127.0.0.1) and waits for them. ``timeout_s``: how long a rank
-    waits for a message before failing (default 1800 s, or $ARCHSPEC_DIST_TIMEOUT);
+    set) this process is one rank; otherwise it spawns the processes on this machine (a free
+    port on 127.0.0.1) and waits for them. ``timeout_s``: how long a rank waits for a message
+    before failing (default 600 s, or $ARCHSPEC_DIST_TIMEOUT);
     ``deadline_s``: spawned runs only, stop every process and fail after this many seconds.
     ``on_step`` runs on rank 0 and only under torchrun."""
     out = Path(out)
@@ -163,12 +169,20 @@ def train_distributed(cfg: TrainConfig, out: Path | str, *, max_steps: int | Non
         world = int(env["WORLD_SIZE"])
         return run_rank(cfg, out, int(env["RANK"]), world, local_rank=int(env.get("LOCAL_RANK", env["RANK"])),
                         local_world=int(env.get("LOCAL_WORLD_SIZE", world)), max_steps=max_steps, resume=resume,
-                        progress=progress, on_step=on_step, timeout_s=timeout_s)
+                        progress=progress, on_step=on_step, timeout_s=timeout_s, processes=processes)
     if on_step is not None:
         raise UserError("on_step needs the ranks in this process: start the run with torchrun")
     from archspec.train.config import load_training_spec
 
-    world = len(stage_plan(load_training_spec(cfg))[0])
+    stages = len(stage_plan(load_training_spec(cfg))[0]) if processes == "stage" else 1
+    world = stages * data_parallel
+    if processes == "stage" and data_parallel > 1:
+        raise UserError("--data-parallel with --processes stage is not built yet (hint: --processes one "
+                        "--data-parallel N replicates the whole network)")
+    if processes == "one":
+        from archspec.train.replica_runner import check_batch
+
+        check_batch(cfg, data_parallel)
     check_run_dir(cfg, out, resume)  # fail here, with one line, before starting any process
     import shutil
     import tempfile
@@ -196,7 +210,7 @@ def train_distributed(cfg: TrainConfig, out: Path | str, *, max_steps: int | Non
     deadline = None if deadline_s is None else time.monotonic() + deadline_s
     try:
         context = tmp.start_processes(_spawned, args=(world, init_method, cfg, out, max_steps, resume, progress,
-                                                      timeout_s, talk),
+                                                      timeout_s, talk, processes),
                                       nprocs=world, join=False, start_method=_start_method())
         while not context.join(timeout=0.1, grace_period=10):
             if deadline is not None and time.monotonic() > deadline:
@@ -256,7 +270,12 @@ def _command():
     @click.option("--progress/--no-progress", default=None, help="Progress bar on rank 0.")
     @click.option("--schedule", type=click.Choice(["sync", "pipelined"]), default=None,
                   help="sync or pipelined (gim, loco); default: the config's 'pipeline'.")
-    def command(config, out_dir, max_steps, resume, memory_budget, progress, schedule):
+    @click.option("--processes", type=click.Choice(["one", "stage"]), default="stage", show_default=True,
+                  help="stage: one local stage per rank; one: the whole network per rank, every rank a "
+                       "data-parallel replica.")
+    @click.option("--data-parallel", "data_parallel", type=click.IntRange(min=1), default=1, show_default=True,
+                  help="Replicas when this command spawns the processes (under torchrun: from WORLD_SIZE).")
+    def command(config, out_dir, max_steps, resume, memory_budget, progress, schedule, processes, data_parallel):
         """``archspec train CONFIG --processes stage``: one process per local stage. Under
         torchrun, rank 0 validates the config and prints; every rank trains its stage."""
         from archspec.train.config import default_output, load_config, parse_bytes, validate_config
@@ -268,7 +287,8 @@ def _command():
         if rank0:  # the others wait for it in the process group (torchrun stops them if it fails)
             validate_config(cfg, memory_budget=parse_bytes(memory_budget) if memory_budget else None)
         out = Path(out_dir) if out_dir else default_output(cfg)
-        result = train_distributed(cfg, out, max_steps=max_steps, resume=resume, progress=progress)
+        result = train_distributed(cfg, out, max_steps=max_steps, resume=resume, progress=progress,
+                                   processes=processes, data_parallel=data_parallel)
         s = result.summary
         if rank0:
             click.echo(result_line(result, cfg.method, s["processes"]))

@@ -22,6 +22,7 @@ import dataclasses
 import io
 import json
 import math
+import os
 import random
 import signal
 import time
@@ -202,14 +203,19 @@ def _load_checkpoint(path: Path) -> dict:
 
 # -- the runner --------------------------------------------------------------------------------
 class Runner:
-    def __init__(self, cfg: TrainConfig, out: Path, progress: bool | None = None):
+    # Data-parallel replicas (archspec.train.replica_runner) read only their rows of a batch and
+    # leave the run directory to replica 0.
+    rows = slice(None)
+    writes = True
+
+    def __init__(self, cfg: TrainConfig, out: Path, progress: bool | None = None, device: torch.device | None = None):
         from archspec.train.augment import SimCLRAugment
         from archspec.train.data import build_dataset
         from archspec.train.methods import build_method, trainable_modules
         from archspec.train.optim import WarmupCosine, build_optimizer, param_groups
 
         self.cfg, self.out, self.progress = cfg, Path(out), progress
-        self.device = resolve_device(cfg.device)
+        self.device = device or resolve_device(cfg.device)
         self.model = build_model(cfg, self.device)
         spec = self.model.spec
         self.size = spec.input_size[0]
@@ -299,7 +305,7 @@ class Runner:
         def indices(step):
             epoch, position = divmod(step, self.steps_per_epoch)
             order = epoch_order(len(self.dataset), self.cfg.seed, epoch)
-            return order[position * self.cfg.batch:(position + 1) * self.cfg.batch].tolist()
+            return order[position * self.cfg.batch:(position + 1) * self.cfg.batch][self.rows].tolist()
 
         if self.cfg.data.workers == 0:
             for step in range(start, stop):
@@ -319,13 +325,14 @@ class Runner:
         cfg = self.cfg
         stop = self.total_steps if max_steps is None else min(self.total_steps, max_steps)
         start = self.step
-        writer = _tensorboard(self.out) if cfg.tensorboard else None
-        log_path = self.out / "log.jsonl"
-        records = [r for r in read_log(self.out) if r["step"] <= start]  # drop steps after the checkpoint
-        write_text_atomic(log_path, "".join(json.dumps(r) + "\n" for r in records))
+        writer = _tensorboard(self.out) if cfg.tensorboard and self.writes else None
+        log_path = self.out / "log.jsonl" if self.writes else Path(os.devnull)
+        if self.writes:
+            records = [r for r in read_log(self.out) if r["step"] <= start]  # drop steps after the checkpoint
+            write_text_atomic(log_path, "".join(json.dumps(r) + "\n" for r in records))
         status = "completed" if stop == self.total_steps else "max_steps"
         bar = tqdm(total=stop, initial=start, unit="step", dynamic_ncols=True, leave=False,
-                   disable=(not self.progress) if self.progress is not None else None,
+                   disable=not self.writes or ((not self.progress) if self.progress is not None else None),
                    desc=f"{cfg.method} {self.model.spec.name}")
         dtype = getattr(torch, cfg.dtype)
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
@@ -337,17 +344,17 @@ class Runner:
                 for step, images in self.batches(start, stop):
                     t0 = time.perf_counter()
                     images = images.to(self.device, dtype, non_blocking=True)
-                    view1 = self.augment(images, self.aug_generator)
-                    view2 = self.augment(images, self.aug_generator)
+                    view1, view2 = self.views(images)
                     lr = self.optimizer.param_groups[0]["lr"]
                     for p in params:
                         p.grad = None
                     if is_segment_start(step, start, cfg.checkpoint_every):
                         self.stale.reset()
                     losses = self.stale.step(view1, view2)
+                    self.reduce_gradients()
                     self.optimizer.step()
                     self.scheduler.step()
-                    losses = {k: float(v) for k, v in losses.items()}
+                    losses, stop_now = self.agree({k: float(v) for k, v in losses.items()}, stopper.requested)
                     self.step = step + 1
                     dt = time.perf_counter() - t0
                     check_finite(losses, self.step, self.save)
@@ -359,7 +366,7 @@ class Runner:
                         on_step(self.step, losses)
                     if self.step % cfg.checkpoint_every == 0 and self.step != stop:
                         self.save()
-                    if stopper.requested:
+                    if stop_now:
                         status = "interrupted"
                         break
             except RuntimeError:
@@ -371,9 +378,23 @@ class Runner:
                 if writer is not None:
                     writer.close()
         checkpoint = self.save()
-        summary = self.summary(status, time.perf_counter() - started, checkpoint)
-        write_text_atomic(self.out / "summary.json", json.dumps(summary, indent=2) + "\n")
+        summary = None
+        if self.writes:
+            summary = self.summary(status, time.perf_counter() - started, checkpoint)
+            write_text_atomic(self.out / "summary.json", json.dumps(summary, indent=2) + "\n")
         return RunResult(status, self.step, self.total_steps, self.out, summary)
+
+    # what a data-parallel replica changes (archspec.train.replica_runner)
+    def views(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two augmented views of a batch."""
+        return self.augment(images, self.aug_generator), self.augment(images, self.aug_generator)
+
+    def reduce_gradients(self) -> None:
+        """Between the backward and the optimizer step: nothing in one process."""
+
+    def agree(self, losses: dict[str, float], stop: bool) -> tuple[dict[str, float], bool]:
+        """The step's losses and whether to stop, as every process sees them."""
+        return losses, stop
 
     def summary(self, status: str, wall: float, checkpoint: Path) -> dict:
         records = read_log(self.out)
