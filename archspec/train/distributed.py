@@ -90,7 +90,7 @@ def run_rank(cfg: TrainConfig, out: Path | str, rank: int, world: int, *, local_
 
 
 def _spawned(index: int, world: int, init_method: str, cfg: TrainConfig, out: Path, max_steps, resume, progress,
-             timeout_s, talk: str, processes: str) -> None:
+             timeout_s, talk: str, processes: str, env: dict) -> None:
     """One spawned rank. ``talk``: the parent's folder for the stop file and the error lines
     (files, so that nothing needs a semaphore or an interpreter teardown)."""
     import multiprocessing
@@ -98,6 +98,7 @@ def _spawned(index: int, world: int, init_method: str, cfg: TrainConfig, out: Pa
 
     from tqdm import tqdm
 
+    os.environ.update(env)  # the parent's ARCHSPEC_* settings (a forkserver has its own environment)
     parent = multiprocessing.parent_process()
     if parent is not None:  # a rank whose parent died (killed, or a Ctrl-C before it could wait) goes too
         threading.Thread(target=lambda: (parent.join(), os._exit(1)), daemon=True).start()
@@ -176,13 +177,9 @@ def train_distributed(cfg: TrainConfig, out: Path | str, *, max_steps: int | Non
 
     stages = len(stage_plan(load_training_spec(cfg))[0]) if processes == "stage" else 1
     world = stages * data_parallel
-    if processes == "stage" and data_parallel > 1:
-        raise UserError("--data-parallel with --processes stage is not built yet (hint: --processes one "
-                        "--data-parallel N replicates the whole network)")
-    if processes == "one":
-        from archspec.train.replica_runner import check_batch
+    from archspec.train.replica_runner import check_batch
 
-        check_batch(cfg, data_parallel)
+    check_batch(cfg, data_parallel)
     check_run_dir(cfg, out, resume)  # fail here, with one line, before starting any process
     import shutil
     import tempfile
@@ -210,7 +207,8 @@ def train_distributed(cfg: TrainConfig, out: Path | str, *, max_steps: int | Non
     deadline = None if deadline_s is None else time.monotonic() + deadline_s
     try:
         context = tmp.start_processes(_spawned, args=(world, init_method, cfg, out, max_steps, resume, progress,
-                                                      timeout_s, talk, processes),
+                                                      timeout_s, talk, processes,
+                                                      {k: v for k, v in os.environ.items() if k.startswith("ARCHSPEC_")}),
                                       nprocs=world, join=False, start_method=_start_method())
         while not context.join(timeout=0.1, grace_period=10):
             if deadline is not None and time.monotonic() > deadline:
@@ -229,29 +227,37 @@ def train_distributed(cfg: TrainConfig, out: Path | str, *, max_steps: int | Non
 
 def _rank_failure(exc, context, talk: str, world: int) -> UserError:
     """The one line for a spawned run that failed: the lowest rank's own error; else the rank
-    that died without one (killed, out of memory, a crash); else a lost peer's line."""
+    that died without one (killed, out of memory, a crash), the first that torch saw fail
+    first; else a lost peer's line."""
     import signal as signals
 
     import torch.multiprocessing as tmp
 
     _stop_all(context)
     reported = sorted(Path(talk).glob("error-*.json"))
-    if not reported:
-        codes = [p.exitcode for p in context.processes]
-        silent = [r for r, code in enumerate(codes) if code not in (0, None) and
-                  not Path(talk, f"lost-{r:04d}.json").exists()]
-        if silent and not isinstance(exc, tmp.ProcessRaisedException):
-            r, code = silent[0], codes[silent[0]]
-            how = f"signal {signals.Signals(-code).name}" if code < 0 else f"exit code {code}"
-            err = UserError(f"rank {r} of {world} died ({how}) without an error of its own; the other ranks were "
-                            f"stopped (hint: out of memory? see the system log; resume with --resume)")
-            err.exit_code = 1
-            return err
-        reported = sorted(Path(talk).glob("lost-*.json"))
-    if not reported:
+    if reported:
+        return _reported(reported[0])
+    codes = [p.exitcode for p in context.processes]
+    said = lambda r: Path(talk, f"lost-{r:04d}.json").exists()  # noqa: E731
+    if isinstance(exc, tmp.ProcessRaisedException):  # a bug: the exception's last line
         last = [line for line in str(exc).splitlines() if line.strip()]
-        return UserError(f"rank {getattr(exc, 'error_index', '?')} failed: {last[-1] if last else exc}")
-    message, code = json.loads(reported[0].read_text())
+        return UserError(f"rank {exc.error_index} failed: {last[-1] if last else exc}")
+    first = [exc.error_index] if not said(exc.error_index) else []
+    # ranks that died on their own: not those stopped here (SIGTERM) or that said why
+    silent = first + [r for r, code in enumerate(codes) if code not in (0, None, -signals.SIGTERM) and not said(r)]
+    if silent:
+        r, code = silent[0], codes[silent[0]]
+        how = f"signal {signals.Signals(-code).name}" if code is not None and code < 0 else f"exit code {code}"
+        err = UserError(f"rank {r} of {world} died ({how}) without an error of its own; the other ranks were "
+                        f"stopped (hint: out of memory? see the system log; resume with --resume)")
+        err.exit_code = 1
+        return err
+    lost = sorted(Path(talk).glob("lost-*.json"))
+    return _reported(lost[0]) if lost else UserError(f"the ranks failed: {exc}")
+
+
+def _reported(path: Path) -> UserError:
+    message, code = json.loads(path.read_text())
     err = UserError(message)
     err.exit_code = code
     return err

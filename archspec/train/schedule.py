@@ -33,7 +33,7 @@ from collections import deque
 import torch
 import torch.distributed as dist
 
-from archspec.train.transport import Outbox
+from archspec.train.transport import Outbox, injected_fault
 
 # Rank 0's decision at the end of a segment (the first entry of the all-reduced vector).
 CHECKPOINT, DONE, INTERRUPTED, NOT_FINITE = 0, 1, 2, 3
@@ -49,13 +49,13 @@ class Schedules:
         0); fills ``.grad`` of this rank's parameters and returns its loss (None without a
         decoder). The arithmetic is the single-process method's, split at the stage borders."""
         k, last, method = self.stage, self.stages - 1, self.cfg.method
-        n = 2 * self.cfg.batch
+        n = self.shard_rows
         in_shape, out_shape = self.io_shapes[k]
-        inp = x if k == 0 else self._recv((n, *in_shape), k - 1)
+        inp = x if k == 0 else self._recv((n, *in_shape), self.peer(k - 1))
         inp.requires_grad_(k > 0 and method in ("simclr", "loco"))
         y = self.method.run_group(k, inp)
         self._check_shape(y)
-        sends = [dist.isend(y.detach().contiguous(), dst=k + 1)] if k < last else []
+        sends = [dist.isend(y.detach().contiguous(), dst=self.peer(k + 1))] if k < last else []
         loss = None
         if method == "gim":
             loss = self.method.loss(self.label, y)
@@ -65,9 +65,9 @@ class Schedules:
                 loss = self.method.loss(self.label, y)
                 loss.backward()
             else:
-                torch.autograd.backward(y, self._recv(y.shape, k + 1))
+                torch.autograd.backward(y, self._recv(y.shape, self.peer(k + 1)))
             if k > 0:
-                sends.append(dist.isend(inp.grad.contiguous(), dst=k - 1))
+                sends.append(dist.isend(inp.grad.contiguous(), dst=self.peer(k - 1)))
         else:  # loco, as methods.LoCo._step
             y_leaf = y.detach().requires_grad_(True)
             loss = self.method.loss(self.label, y_leaf)
@@ -76,19 +76,19 @@ class Schedules:
             if k == last:
                 torch.autograd.backward(y, a, inputs=self.stage_params + ([inp] if k > 0 else []))
                 if k > 0:
-                    sends.append(dist.isend(inp.grad.contiguous(), dst=k - 1))
+                    sends.append(dist.isend(inp.grad.contiguous(), dst=self.peer(k - 1)))
             else:
                 if k > 0:  # unit k's gradient at stage k-1's output, through stage k alone
                     (b,) = torch.autograd.grad(y, inp, a, retain_graph=True)
-                    sends.append(dist.isend(b.contiguous(), dst=k - 1))
-                b_up = self._recv(y.shape, k + 1)  # unit k+1's gradient at y_k
+                    sends.append(dist.isend(b.contiguous(), dst=self.peer(k - 1)))
+                b_up = self._recv(y.shape, self.peer(k + 1))  # unit k+1's gradient at y_k
                 torch.autograd.backward(y, a + b_up, inputs=self.stage_params)
         for work in sends:
             work.wait()
         return None if loss is None else loss.detach()
 
     def _check_shape(self, y: torch.Tensor) -> None:
-        expected = (2 * self.cfg.batch, *self.io_shapes[self.stage][1])
+        expected = (self.shard_rows, *self.io_shapes[self.stage][1])
         if tuple(y.shape) != expected:
             raise RuntimeError(f"local stage {self.label} gave {tuple(y.shape)}, the spec says {expected}")
 
@@ -146,7 +146,7 @@ class Schedules:
             return
         y, a, (stage, _), dec_grads = self.pending
         self.pending = None
-        b_up = self._recv(y.shape, self.stage + 1)
+        b_up = self._recv(y.shape, self.peer(self.stage + 1))
         copies = [p for name in self.groups[self.stage] for p in stage[name].values() if p.requires_grad]
         torch.autograd.backward(y, a + b_up, inputs=copies)
         for p, c in zip(self.stage_params, copies):
@@ -157,9 +157,11 @@ class Schedules:
 
     def _update(self) -> None:
         self.update_lr[self.step] = self.optimizer.param_groups[0]["lr"]
+        self.reduce_gradients()
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
+        injected_fault(self.rank, self.step)
         for group in self.optimizer.param_groups:
             for p in group["params"]:
                 p.grad = None
@@ -188,14 +190,14 @@ class Schedules:
                     header[0] = b
                     x = work
             else:
-                dist.recv(header, src=k - 1, group=self.control_group)
+                dist.recv(header, src=self.peer(k - 1), group=self.control_group)
                 b = int(header[0])
             if k < last:
                 self.headers_out.send(header.clone())
             if header[0] < 0:
                 break
             if k > 0:
-                x = self._recv((2 * self.cfg.batch, *self.io_shapes[k][0]), k - 1)
+                x = self._recv((self.shard_rows, *self.io_shapes[k][0]), self.peer(k - 1))
             own[b] = self._pipelined_batch(x)
             now = time.perf_counter()
             if k == 0:
@@ -203,7 +205,7 @@ class Schedules:
             t_last = now
             if k < last:  # the losses of stages k+1.. for this batch, later
                 buffer = torch.zeros(width, dtype=torch.float64)
-                controls.append((b, dist.irecv(buffer, src=k + 1, group=self.control_group), buffer))
+                controls.append((b, dist.irecv(buffer, src=self.peer(k + 1), group=self.control_group), buffer))
             else:
                 self._pass_up(b, torch.zeros(width, dtype=torch.float64), own, on_losses, seconds)
             while controls and controls[0][0] <= b - LAG:
@@ -219,7 +221,7 @@ class Schedules:
         for box in (self.activations_out, self.gradients_out, self.headers_out, self.controls_out):
             if box is not None:
                 box.flush()
-        flags = torch.tensor([float(code)], dtype=torch.float64)
+        flags = torch.tensor([float(code if self.rank == 0 else 0)], dtype=torch.float64)  # the replicas agree
         dist.all_reduce(flags, group=self.control_group)
         return int(flags[0])
 
@@ -237,10 +239,11 @@ class Schedules:
 def pipelined_outboxes(runner) -> None:
     """The bounded send queues of a pipelined rank (see :class:`archspec.train.transport.Outbox`)."""
     k, last = runner.stage, runner.stages - 1
-    runner.activations_out = Outbox(k + 1, LAG) if k < last else None
-    runner.gradients_out = Outbox(k - 1, LAG) if k > 0 else None
-    runner.headers_out = Outbox(k + 1, LAG + 1, group=runner.control_group) if k < last else None
-    runner.controls_out = Outbox(k - 1, LAG + 1, group=runner.control_group) if k > 0 else None
+    up, down = runner.peer(k + 1), runner.peer(k - 1)
+    runner.activations_out = Outbox(up, LAG) if k < last else None
+    runner.gradients_out = Outbox(down, LAG) if k > 0 else None
+    runner.headers_out = Outbox(up, LAG + 1, group=runner.control_group) if k < last else None
+    runner.controls_out = Outbox(down, LAG + 1, group=runner.control_group) if k > 0 else None
 
 
 def finite(values) -> bool:

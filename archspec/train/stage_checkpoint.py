@@ -64,8 +64,11 @@ class StageCheckpoints:
         by_index = {i: name for name, i in self.full_index.items()}
         opt = {by_index[int(i)]: s for i, s in state["optimizer"]["state"].items()
                if self._param_rank(by_index[int(i)]) == r}
-        return {"model": model, "decoders": decs, "optimizer": opt, "scheduler": state["scheduler"],
+        part = {"model": model, "decoders": decs, "optimizer": opt, "scheduler": state["scheduler"],
                 "step": int(state["step"])}
+        if r == 0:  # the first stages (of every replica) make the views: the RNGs
+            part["rng"] = state["rng"]
+        return part
 
     def _load_weights(self, part: dict) -> None:
         net, decoders = self.model.net, self.model.decoders
@@ -78,7 +81,7 @@ class StageCheckpoints:
             decoders[self.label].load_state_dict({k[len(prefix):]: v for k, v in part["decoders"].items()
                                                   if k.startswith(prefix)})
 
-    def _load_training_state(self, part: dict, state: dict | None) -> None:
+    def _load_training_state(self, part: dict) -> None:
         own = self.optimizer.state_dict()
         saved = part["optimizer"]
         self.optimizer.load_state_dict({
@@ -87,8 +90,8 @@ class StageCheckpoints:
         self.scheduler.load_state_dict({"last_step": part["scheduler"]["last_step"],
                                         "base_lrs": self.scheduler.base_lrs})
         self.step = part["step"]
-        if state is not None:  # rank 0: the RNGs, as Runner.restore
-            rng = state["rng"]
+        if "rng" in part:  # a first stage: the RNGs, as Runner.restore
+            rng = part["rng"]
             torch.set_rng_state(rng["torch"])
             if rng["cuda"] and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(rng["cuda"])

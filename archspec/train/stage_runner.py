@@ -9,6 +9,7 @@ writes the log, checkpoints (:mod:`archspec.train.stage_checkpoint`) and summary
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import random
@@ -23,13 +24,15 @@ import torch.distributed as dist
 from archspec.errors import UserError
 from archspec.io import write_text_atomic
 from archspec.train.config import TrainConfig
+from archspec.train.replica_runner import check_batch
+from archspec.train.replicas import all_reduce_grads, convert_batchnorm, gathered_nt_xent, shard
 from archspec.train.loop import (
     Model, Runner, RunResult, _load_checkpoint, _Stopper, _tensorboard, _torch_settings, check_finite,
     check_run_dir, log_step, read_log)
 from archspec.train.schedule import CHECKPOINT, DONE, INTERRUPTED, NOT_FINITE, Schedules, finite, pipelined_outboxes
 from archspec.train.stage_checkpoint import StageCheckpoints
 from archspec.train.stale import stage_delays
-from archspec.train.transport import Messages
+from archspec.train.transport import Messages, injected_fault
 
 
 def stage_plan(spec) -> tuple[list[list[str]], list[str], list[tuple[tuple, tuple]]]:
@@ -129,17 +132,23 @@ class StageRunner(StageCheckpoints, Schedules, Messages, Runner):
 
         self.cfg, self.out, self.progress = cfg, Path(out), progress
         self.rank, self.world, self.device = rank, world, device
-        self.stage = rank  # the local stage this rank owns
-        self.replica = 0
         self.stop_file = stop_file  # spawned runs: the parent creates it at a Ctrl-C
         self.dtype = getattr(torch, cfg.dtype)
         spec = load_training_spec(cfg)
         self.groups, self.labels, self.io_shapes = stage_plan(spec)
         self.stages = len(self.groups)
-        if world != self.stages:
+        if world % self.stages:
             raise UserError(f"{cfg.source}: spec '{spec.name}' has {len(self.groups)} local stages "
                             f"({', '.join(self.labels)}): one process per local stage needs {len(self.groups)} "
-                            f"processes, not {world} (hint: torchrun --nproc-per-node {len(self.groups)})")
+                            f"processes (or a multiple, for data-parallel replicas), not {world} (hint: torchrun "
+                            f"--nproc-per-node {len(self.groups)})")
+        # rank = replica x stages + stage: replica r's pipeline is ranks r*S .. r*S+S-1
+        self.replicas = world // self.stages
+        self.replica, self.stage = divmod(rank, self.stages)
+        self.reader = self.stage == 0  # reads the data and makes the views of its replica's rows
+        check_batch(cfg, self.replicas)
+        self.rows = shard(cfg.batch, self.replicas, self.replica)
+        self.shard_rows = 2 * (cfg.batch // self.replicas)  # images (both views) through each rank per step
         self.loss_ranks = [self.stages - 1] if cfg.method == "simclr" else list(range(self.stages))
         self.label = self.labels[self.stage]
         self.has_decoder = self.stage in self.loss_ranks
@@ -161,6 +170,7 @@ class StageRunner(StageCheckpoints, Schedules, Messages, Runner):
                     raise UserError(f"{cfg.where('batch')}: batch {cfg.batch} is larger than the "
                                     f"{len(self.dataset)} training images (hint: lower 'batch')")
                 info["images"] = len(self.dataset)
+                info["checkpoint"] = checkpoint
                 if checkpoint is not None:
                     state = _load_checkpoint(checkpoint)
                     total = cfg.epochs * (len(self.dataset) // cfg.batch)
@@ -174,6 +184,8 @@ class StageRunner(StageCheckpoints, Schedules, Messages, Runner):
             err = UserError(info["error"])
             err.exit_code = info["exit_code"]
             raise err
+        if self.reader and rank != 0:  # another replica's first stage: its own rows of the data
+            self.dataset = build_dataset(cfg.data.data_config(self.size), "train")
         self.steps_per_epoch = info["images"] // cfg.batch
         self.total_steps = cfg.epochs * self.steps_per_epoch
 
@@ -199,13 +211,14 @@ class StageRunner(StageCheckpoints, Schedules, Messages, Runner):
         if rank == 0:
             part = self._part_from_state(0, state) if state is not None else {}
             for r in range(1, world):
-                self._send_object(self._part_from_state(r, state) if state is not None else
-                                  self._part_from_model(r), r)
+                k = r % self.stages
+                self._send_object(self._part_from_state(k, state) if state is not None else
+                                  self._part_from_model(k), r)
         else:
             part = self._recv_object(0)
         own = self.own_modules()
         if rank == 0:
-            for r in range(1, world):  # free what rank r owns
+            for r in range(1, self.stages):  # free what the other stages' ranks own
                 for name in self.groups[r]:
                     getattr(net, name).to("meta")
             for label in decoders:
@@ -233,14 +246,49 @@ class StageRunner(StageCheckpoints, Schedules, Messages, Runner):
         self.delay = stage_delays(cfg.method, self.stages, cfg.pipeline)[self.stage]
         self.control_group = dist.new_group(backend="gloo") if cfg.pipeline == "pipelined" else None
         self.pending, self.update_lr, self.fetch_s, self._stopper = None, {}, 0.0, None
-        if rank == 0:
+        self._replicate(own)
+        if self.reader:
             self.augment = SimCLRAugment(self.size, **cfg.augment.kwargs())
             self.aug_generator = torch.Generator(device=device).manual_seed(cfg.seed + 1)
             random.seed(cfg.seed)
             np.random.seed(cfg.seed % 2**32)
         self.step = 0
         if "optimizer" in part:
-            self._load_training_state(part, state if rank == 0 else None)
+            self._load_training_state(part)
+
+    def peer(self, stage: int) -> int:
+        """The rank of ``stage`` in this rank's replica."""
+        return self.replica * self.stages + stage
+
+    def _replicate(self, own) -> None:
+        """Data parallel: the group of this stage's replicas (and of the first stages' replicas,
+        on gloo, for their stop decisions); batch norm and the loss over the whole batch."""
+        self.stage_group = self.reader_group = None
+        if self.replicas == 1:
+            return
+        for k in range(self.stages):  # every rank creates every group, in the same order
+            group = dist.new_group([k + self.stages * r for r in range(self.replicas)])
+            if k == self.stage:
+                self.stage_group = group
+        readers = dist.new_group([self.stages * r for r in range(self.replicas)], backend="gloo")
+        self.reader_group = readers if self.reader else None
+        for module in own:
+            convert_batchnorm(module, self.stage_group)
+        self.method.contrast = functools.partial(gathered_nt_xent, group=self.stage_group, index=self.replica,
+                                                 replicas=self.replicas)
+
+    def reduce_gradients(self) -> None:
+        """Data parallel: this stage's gradients summed over its replicas."""
+        if self.replicas > 1:
+            all_reduce_grads([p for g in self.optimizer.param_groups for p in g["params"]], self.stage_group)
+
+    def _views(self, images: torch.Tensor) -> torch.Tensor:
+        """A first stage: both augmented views of its replica's rows (the whole batch's draws),
+        one tensor of 2 x rows images."""
+        images = images.to(self.device, self.dtype, non_blocking=True)
+        rows = (self.rows.start, self.cfg.batch)
+        return torch.cat([self.augment(images, self.aug_generator, rows=rows),
+                          self.augment(images, self.aug_generator, rows=rows)])
 
     # -- the loop ------------------------------------------------------------------------------------
     def _fetch(self, batches, stopper):
@@ -307,55 +355,51 @@ class StageRunner(StageCheckpoints, Schedules, Messages, Runner):
         if rank0:
             summary = self.summary(status, time.perf_counter() - started, checkpoint)
             summary.update({"processes": self.world, "backend": dist.get_backend(), "pipeline": cfg.pipeline,
+                            "data_parallel": self.replicas,  # replica 0's ranks below
                             "max_rss_bytes": dict(zip(self.labels, (r[1] for r in rss))),
                             "max_rss_bytes_training": dict(zip(self.labels, (r[0] for r in rss)))})
             write_text_atomic(self.out / "summary.json", json.dumps(summary, indent=2) + "\n")
         summary = self._broadcast(summary)
         return RunResult(summary["status"], summary["step"], summary["total_steps"], self.out, summary)
 
-    def _views(self, images: torch.Tensor) -> torch.Tensor:
-        """Rank 0: both augmented views of a batch, one tensor of 2B images."""
-        images = images.to(self.device, self.dtype, non_blocking=True)
-        view1 = self.augment(images, self.aug_generator)
-        view2 = self.augment(images, self.aug_generator)
-        return torch.cat([view1, view2])
-
     def _run_sync(self, start: int, stop: int, stopper, record) -> bool:
         """One batch in flight, an all-reduce of losses and stop flags after every step. True
         when a Ctrl-C (or a failed read) stopped the run."""
-        rank0 = self.rank == 0
+        rank0, reader = self.rank == 0, self.reader
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         flags = torch.zeros(self.world + 1, dtype=torch.float64, device=self.device)
-        batches = iter(self.batches(start, stop)) if rank0 else None
-        batch = self._fetch(batches, stopper) if rank0 and start < stop else None
-        flags[-1] = float(rank0 and start < stop and batch is None)  # rank 0 could not read the first batch
+        batches = iter(self.batches(start, stop)) if reader else None
+        batch = self._fetch(batches, stopper) if reader and start < stop else None
+        flags[-1] = float(reader and start < stop and batch is None)  # a reader could not read the first batch
         dist.all_reduce(flags)
         if flags[-1] > 0:
             return True
         step = start
         while step < stop:
             t0 = time.perf_counter()
-            x = self._views(batch[1]) if rank0 else None
+            x = self._views(batch[1]) if reader else None
             lr = self.optimizer.param_groups[0]["lr"]
             for p in params:
                 p.grad = None
             loss = self.sync_step(x)
+            self.reduce_gradients()
             self.optimizer.step()
             self.scheduler.step()
             fetch_s, data_stop = 0.0, False
-            if rank0 and step + 1 < stop and not self._stop_flag(stopper):
+            if reader and step + 1 < stop and not self._stop_flag(stopper):
                 t1 = time.perf_counter()  # the next batch, before the all-reduce: its failure stops all
                 batch = self._fetch(batches, stopper)
                 data_stop = batch is None
                 fetch_s = time.perf_counter() - t1
             flags.zero_()
-            if loss is not None:
-                flags[self.rank] = loss
+            if loss is not None and self.replica == 0:  # replicas compute the same whole-batch losses
+                flags[self.stage] = loss
             flags[-1] = float(self._stop_flag(stopper) or data_stop)
             dist.all_reduce(flags)
             values = flags.tolist()
             losses = {self.labels[r]: values[r] for r in self.loss_ranks}
             self.step = step = step + 1
+            injected_fault(self.rank, self.step)
             dt = time.perf_counter() - t0 - fetch_s
             check_finite(losses, self.step, self.save)
             if rank0:
@@ -371,30 +415,38 @@ class StageRunner(StageCheckpoints, Schedules, Messages, Runner):
         checkpoint between segments. True when a Ctrl-C (or a failed read) stopped the run."""
         cfg, rank0 = self.cfg, self.rank == 0
         pipelined_outboxes(self)
-        batches = iter(self.batches(start, stop)) if rank0 else None
+        batches = iter(self.batches(start, stop)) if self.reader else None
         seen = {"stop": False, "bad": None}
 
-        def decide(b):  # rank 0: the next batch's views, or why the segment ends
+        def decide(b):  # a first stage: the next batch's views, or why the segment ends
             self.fetch_s = 0.0
             if b >= stop:
                 return DONE
-            if seen["bad"] is not None:
-                return NOT_FINITE
-            if seen["stop"] or self._stop_flag(stopper):
-                return INTERRUPTED
             if b != first and b % cfg.checkpoint_every == 0:
                 return CHECKPOINT
-            t = time.perf_counter()
-            batch = self._fetch(batches, stopper)
-            self.fetch_s = time.perf_counter() - t
-            return INTERRUPTED if batch is None else self._views(batch[1])
+            why, batch = 0, None
+            if seen["bad"] is not None:
+                why = NOT_FINITE
+            elif seen["stop"] or self._stop_flag(stopper):
+                why = INTERRUPTED
+            else:
+                t = time.perf_counter()
+                batch = self._fetch(batches, stopper)
+                self.fetch_s = time.perf_counter() - t
+                why = INTERRUPTED if batch is None else 0
+            if self.replicas > 1:  # the replicas' first stages stop together
+                agreed = torch.tensor([float(why)])
+                dist.all_reduce(agreed, op=dist.ReduceOp.MAX, group=self.reader_group)
+                why = int(agreed[0])
+            return why or self._views(batch[1])
 
-        def on_losses(step, values, lr, seconds):  # rank 0: step's losses from every stage
+        def on_losses(step, values, lr, seconds):  # a first stage: step's losses from every stage
             losses = {self.labels[r]: values[r] for r in self.loss_ranks}
             seen["stop"] = seen["stop"] or values[-1] > 0
             if seen["bad"] is None and not finite(losses.values()):
                 seen["bad"] = (step + 1, losses)
-            record(step + 1, losses, lr, seconds)
+            if rank0:
+                record(step + 1, losses, lr, seconds)
 
         while True:
             first = self.step

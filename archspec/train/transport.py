@@ -26,6 +26,15 @@ def default_timeout_s() -> float:
     return float(os.environ.get("ARCHSPEC_DIST_TIMEOUT", 600))
 
 
+def injected_fault(rank: int, step: int) -> None:
+    """For the tests of a rank that dies: $ARCHSPEC_TEST_KILL="RANK:STEP" kills rank RANK with
+    SIGKILL after its update of step STEP, as a crash or the OOM killer would."""
+    if os.environ.get("ARCHSPEC_TEST_KILL") == f"{rank}:{step}":
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def to_cpu(value):
     """Tensors (also inside dicts) detached and on the CPU, for checkpoints."""
     if isinstance(value, torch.Tensor):
