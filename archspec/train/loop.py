@@ -354,7 +354,7 @@ class Runner:
                     self.reduce_gradients()
                     self.optimizer.step()
                     self.scheduler.step()
-                    losses, stop_now = self.agree({k: float(v) for k, v in losses.items()}, stopper.requested)
+                    losses = self.agree_losses({k: float(v) for k, v in losses.items()})
                     self.step = step + 1
                     dt = time.perf_counter() - t0
                     check_finite(losses, self.step, self.save)
@@ -366,7 +366,7 @@ class Runner:
                         on_step(self.step, losses)
                     if self.step % cfg.checkpoint_every == 0 and self.step != stop:
                         self.save()
-                    if stop_now:
+                    if self.agree_stop(stopper.requested):
                         status = "interrupted"
                         break
             except RuntimeError:
@@ -392,9 +392,13 @@ class Runner:
     def reduce_gradients(self) -> None:
         """Between the backward and the optimizer step: nothing in one process."""
 
-    def agree(self, losses: dict[str, float], stop: bool) -> tuple[dict[str, float], bool]:
-        """The step's losses and whether to stop, as every process sees them."""
-        return losses, stop
+    def agree_losses(self, losses: dict[str, float]) -> dict[str, float]:
+        """The step's losses, as every process sees them."""
+        return losses
+
+    def agree_stop(self, requested: bool) -> bool:
+        """Whether to stop after this step, the same in every process."""
+        return requested
 
     def summary(self, status: str, wall: float, checkpoint: Path) -> dict:
         records = read_log(self.out)

@@ -62,7 +62,6 @@ class ReplicaRunner(Runner):
         convert_batchnorm(self.model.decoders)
         self.method.contrast = functools.partial(gathered_nt_xent, group=None, index=rank, replicas=world)
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        self.flags = torch.zeros(len(self.method.labels) + 1, dtype=torch.float64, device=self.device)
         if info["checkpoint"] is not None:
             self.restore(Path(info["checkpoint"]))
 
@@ -74,17 +73,19 @@ class ReplicaRunner(Runner):
     def reduce_gradients(self) -> None:
         all_reduce_grads(self.params)
 
-    def agree(self, losses: dict[str, float], stop: bool) -> tuple[dict[str, float], bool]:
-        """Replica 0's losses (every replica computes the same whole-batch losses) and a stop
-        when any replica was asked to (a Ctrl-C, or the spawning parent's stop file)."""
-        flags, labels = self.flags, list(losses)
-        flags.zero_()
-        if self.rank == 0:
-            flags[:len(labels)] = torch.tensor([losses[k] for k in labels], dtype=torch.float64)
-        flags[-1] = float(stop or (self.stop_file is not None and os.path.exists(self.stop_file)))
-        dist.all_reduce(flags)
-        values = flags.tolist()
-        return dict(zip(labels, values)), values[-1] > 0
+    def agree_losses(self, losses: dict[str, float]) -> dict[str, float]:
+        """Replica 0's losses (every replica computes the same whole-batch losses, up to rounding)."""
+        labels = list(losses)
+        values = torch.tensor([losses[k] for k in labels], dtype=torch.float64, device=self.device)
+        dist.broadcast(values, src=0)
+        return dict(zip(labels, values.tolist()))
+
+    def agree_stop(self, requested: bool) -> bool:
+        """Stop when any replica was asked to (a Ctrl-C, or the spawning parent's stop file)."""
+        flag = torch.tensor([float(requested or (self.stop_file is not None and os.path.exists(self.stop_file)))],
+                            dtype=torch.float64, device=self.device)
+        dist.all_reduce(flag)
+        return bool(flag[0] > 0)
 
     def save(self) -> Path | None:
         """Collective: replica 0 writes the checkpoint; the others wait for it."""
