@@ -292,3 +292,52 @@ def test_ctrl_c_checkpoints_every_rank(tmp_path, schedule):
     _, state = load_run(tmp_path / "run")
     assert state["step"] == summary["step"]
     assert [r["step"] for r in read_log(tmp_path / "run")] == list(range(1, summary["step"] + 1))
+
+
+# -- mixed precision --------------------------------------------------------------------------------
+def test_bfloat16_pipelined_equals_its_single_process_reference(tmp_path):
+    """dtype: bfloat16: float32 weights, autocast forward, 16-bit activations between ranks; the
+    four pipelined ranks equal one process bitwise."""
+    cfg = load_config(write_config(tmp_path, "loco", "sgd", pipeline="pipelined", dtype="bfloat16"))
+    train(cfg, tmp_path / "one", max_steps=3, progress=False)
+    train_distributed(cfg, tmp_path / "stage", max_steps=3, progress=False, deadline_s=TIMEOUT)
+    compare_runs(tmp_path / "one", tmp_path / "stage", 3)
+    _, state = load_run(tmp_path / "stage")
+    assert all(v.dtype == torch.float32 for v in state["model"].values() if v.is_floating_point())
+
+
+def test_float16_trains_with_a_loss_scale_in_one_process_and_is_refused_per_stage(tmp_path):
+    path = write_config(tmp_path, "gim", "adam", dtype="float16")
+    result = train(load_config(path), tmp_path / "one", max_steps=3, progress=False)
+    assert all(v < 10 for v in result.summary["final_losses"].values())
+    _, state = load_run(tmp_path / "one")
+    assert state["loss_scale"]["scale"] == 2.0 ** 16 and state["loss_scale"]["good_steps"] == 3
+    result = CliRunner().invoke(main, ["train", str(path), "--out", str(tmp_path / "stage"), "--processes", "stage"])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    assert "float16 needs a loss scale" in result.output
+
+
+def test_loss_scale_skips_an_overflow_and_backs_off():
+    from archspec.train.precision import LossScale
+
+    scale = LossScale(scale=8.0, growth_interval=2)
+    p = torch.nn.Parameter(torch.zeros(3))
+    p.grad = torch.tensor([8.0, 16.0, float("inf")])
+    assert not scale.unscale([p]) and scale.scale == 4.0
+    p.grad = torch.tensor([4.0, 8.0, 12.0])
+    assert scale.unscale([p]) and p.grad.tolist() == [1.0, 2.0, 3.0] and scale.scale == 4.0
+    p.grad = torch.tensor([4.0, 8.0, 12.0])
+    assert scale.unscale([p]) and scale.scale == 8.0  # two good steps: doubled
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_pipelined_on_cuda_with_nccl(tmp_path):
+    """The same runner on GPUs: NCCL for activations and gradients, gloo for the control messages."""
+    path = write_config(tmp_path, "loco", "sgd", pipeline="pipelined", dtype="bfloat16", device="cuda",
+                        deterministic=False)
+    (tmp_path / "micro.yaml").write_text(MICRO2)
+    cfg = load_config(path)
+    result = train_distributed(cfg, tmp_path / "stage", max_steps=3, progress=False, deadline_s=TIMEOUT)
+    assert result.summary["backend"] == "nccl" and result.step == 3
+    train(cfg, tmp_path / "one", max_steps=3, progress=False)
+    compare_runs(tmp_path / "one", tmp_path / "stage", 3, rtol=1e-2, atol=1e-3)

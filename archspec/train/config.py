@@ -18,7 +18,7 @@ from archspec.errors import SpecError, UserError
 METHODS = ("simclr", "gim", "loco")
 OPTIMIZERS = ("lars", "sgd", "adam")
 DATA_KINDS = ("image_folder", "cifar10", "digits", "synthetic")
-DTYPES = ("float32", "float64")
+DTYPES = ("float32", "float64", "bfloat16", "float16")  # the 16-bit ones: mixed precision (train/precision.py)
 PIPELINES = ("sync", "pipelined")
 
 

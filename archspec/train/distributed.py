@@ -178,8 +178,11 @@ def train_distributed(cfg: TrainConfig, out: Path | str, *, max_steps: int | Non
     stages = len(stage_plan(load_training_spec(cfg))[0]) if processes == "stage" else 1
     world = stages * data_parallel
     from archspec.train.replica_runner import check_batch
+    from archspec.train.stage_runner import check_stage_dtype
 
     check_batch(cfg, data_parallel)
+    if processes == "stage":
+        check_stage_dtype(cfg)
     check_run_dir(cfg, out, resume)  # fail here, with one line, before starting any process
     import shutil
     import tempfile

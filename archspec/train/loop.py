@@ -35,6 +35,7 @@ import torch
 from archspec.errors import UserError
 from archspec.io import write_bytes_atomic, write_text_atomic
 from archspec.train.config import TrainConfig, load_config, load_training_spec, loads_config
+from archspec.train.precision import LossScale, Precision, weight_dtype
 from archspec.train.stale import StaleWeights, is_segment_start, stage_delays
 
 CHECKPOINT_FORMAT = "archspec.checkpoint/1"
@@ -167,7 +168,7 @@ def build_model(cfg: TrainConfig, device: torch.device | str = "cpu") -> Model:
 
     spec = load_training_spec(cfg)
     device = torch.device(device)
-    dtype = getattr(torch, cfg.dtype)
+    dtype = weight_dtype(cfg.dtype)
     torch.manual_seed(cfg.seed)
     net = compile_spec(spec, device=device).to(dtype)
     decoders = build_decoders(net, cfg.method, cfg.decoders.decoder_config()).to(dtype)
@@ -230,6 +231,8 @@ class Runner:
                             f"training images (hint: lower 'batch')")
         self.total_steps = cfg.epochs * self.steps_per_epoch
         self.method = build_method(cfg.method, self.model.net, self.model.decoders, cfg.temperature)
+        self.method.precision = Precision(cfg.dtype, self.device)
+        self.loss_scale = LossScale() if cfg.dtype == "float16" else None
         # pipeline: pipelined trains with the pipelined schedule's delays (archspec.train.stale)
         self.stale = StaleWeights(self.method, stage_delays(cfg.method, len(self.method.groups), cfg.pipeline))
         o = cfg.optimizer
@@ -267,6 +270,7 @@ class Runner:
                 "python": random.getstate(),
                 "augment": self.aug_generator.get_state(),
             },
+            **({"loss_scale": self.loss_scale.state_dict()} if self.loss_scale is not None else {}),
         }
 
     def save(self) -> Path:
@@ -297,6 +301,8 @@ class Runner:
         np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
         random.setstate(_tuples(rng["python"]))
         self.aug_generator.set_state(rng["augment"])
+        if self.loss_scale is not None and "loss_scale" in state:
+            self.loss_scale.load_state_dict(state["loss_scale"])
         self.step = int(state["step"])
 
     # data
@@ -334,7 +340,7 @@ class Runner:
         bar = tqdm(total=stop, initial=start, unit="step", dynamic_ncols=True, leave=False,
                    disable=not self.writes or ((not self.progress) if self.progress is not None else None),
                    desc=f"{cfg.method} {self.model.spec.name}")
-        dtype = getattr(torch, cfg.dtype)
+        dtype = weight_dtype(cfg.dtype)
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         self.model.net.train()
         self.model.decoders.train()
@@ -350,9 +356,12 @@ class Runner:
                         p.grad = None
                     if is_segment_start(step, start, cfg.checkpoint_every):
                         self.stale.reset()
+                    if self.loss_scale is not None:
+                        self.method.loss_scale = self.loss_scale.scale
                     losses = self.stale.step(view1, view2)
                     self.reduce_gradients()
-                    self.optimizer.step()
+                    if self.loss_scale is None or self.loss_scale.unscale(params):  # float16: skip an overflow
+                        self.optimizer.step()
                     self.scheduler.step()
                     losses = self.agree_losses({k: float(v) for k, v in losses.items()})
                     self.step = step + 1

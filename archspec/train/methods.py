@@ -34,6 +34,7 @@ from archspec.nn.compiler import StagedNet
 from archspec.nn.decoders import Decoder, DecoderConfig
 from archspec.profile.memory import local_stages
 from archspec.train.losses import nt_xent
+from archspec.train.precision import FULL
 
 METHODS = ("simclr", "gim", "loco")
 
@@ -74,20 +75,24 @@ class Method:
         self.groups = local_stages(net.spec)
         self.labels = [group_label(g) for g in self.groups]
         self.contrast = nt_xent  # data parallel: the loss over every replica's rows (archspec.train.replicas)
+        self.precision = FULL  # mixed precision: autocast and the stage borders (archspec.train.precision)
+        self.loss_scale = 1.0  # float16: every loss is multiplied by it before its backward
 
     def run_group(self, k: int, x: torch.Tensor) -> torch.Tensor:
-        for name in self.groups[k]:
-            x = getattr(self.net, name)(x)
-        return x
+        with self.precision.autocast():
+            for name in self.groups[k]:
+                x = getattr(self.net, name)(x)
+        return self.precision.border(x)
 
     def loss(self, label: str, y: torch.Tensor, params: dict | None = None) -> torch.Tensor:
         """Decoder ``label``'s contrastive loss on ``y`` (both views); ``params``: the
         decoder's parameters by name to use instead of its own (the pipelined schedule's
         snapshot of a delayed stage, archspec.train.schedule)."""
         decoder = self.decoders[label]
-        z = decoder(y) if params is None else torch.func.functional_call(decoder, params, (y,))
-        z1, z2 = z.chunk(2)
-        return self.contrast(z1, z2, self.temperature)
+        with self.precision.autocast():
+            z = decoder(y) if params is None else torch.func.functional_call(decoder, params, (y,))
+            z1, z2 = z.chunk(2)
+            return self.contrast(z1, z2, self.temperature)
 
     def step(self, view1: torch.Tensor, view2: torch.Tensor,
              weights: Mapping[str, float] | None = None) -> dict[str, torch.Tensor]:
@@ -107,7 +112,7 @@ class SimCLR(Method):
             x = self.run_group(k, x)
         label = self.labels[-1]
         loss = self.loss(label, x)
-        (loss * weights.get(label, 1.0)).backward()
+        (loss * (weights.get(label, 1.0) * self.loss_scale)).backward()
         return {label: loss.detach()}
 
 
@@ -119,7 +124,7 @@ class GIM(Method):
         for k, label in enumerate(self.labels):
             x = self.run_group(k, x.detach())
             loss = self.loss(label, x)
-            (loss * weights.get(label, 1.0)).backward()  # frees local stage k's graph
+            (loss * (weights.get(label, 1.0) * self.loss_scale)).backward()  # frees local stage k's graph
             losses[label] = loss.detach()
         return losses
 
@@ -140,7 +145,7 @@ class LoCo(Method):
             # Decoder k on a detached leaf: its backward stops at y_k and leaves a_k there.
             y_leaf = y.detach().requires_grad_(True)
             loss = self.loss(label, y_leaf)
-            (loss * weights.get(label, 1.0)).backward()
+            (loss * (weights.get(label, 1.0) * self.loss_scale)).backward()
             losses[label] = loss.detach()
             a = y_leaf.grad
             params = self.group_params(k)

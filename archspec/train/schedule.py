@@ -110,9 +110,11 @@ class Schedules:
         inp = x.requires_grad_(k > 0 and loco)
         snap = self._snapshot() if self.delay else None
         y = inp
-        for name in self.groups[k]:
-            module = getattr(self.model.net, name)
-            y = module(y) if snap is None else torch.func.functional_call(module, snap[0][name], (y,))
+        with self.method.precision.autocast():  # as Method.run_group
+            for name in self.groups[k]:
+                module = getattr(self.model.net, name)
+                y = module(y) if snap is None else torch.func.functional_call(module, snap[0][name], (y,))
+        y = self.method.precision.border(y)
         self._check_shape(y)
         if k < last:
             self.activations_out.send(y.detach())

@@ -31,6 +31,7 @@ from archspec.train.loop import (
     check_run_dir, log_step, read_log)
 from archspec.train.schedule import CHECKPOINT, DONE, INTERRUPTED, NOT_FINITE, Schedules, finite, pipelined_outboxes
 from archspec.train.stage_checkpoint import StageCheckpoints
+from archspec.train.precision import MIXED, Precision, weight_dtype
 from archspec.train.stale import stage_delays
 from archspec.train.transport import Messages, injected_fault
 
@@ -106,16 +107,25 @@ def _rank_settings(threads: int | None, deterministic: bool):
 def _build_model(cfg: TrainConfig, spec, device) -> Model:
     """:func:`archspec.train.loop.build_model` (same seed, same order of initialisation, so the
     same weights) without its meta-device shape check, which costs each process about a second
-    of imports; :meth:`StageRunner.train_step` checks every stage's output shape instead."""
+    of imports; :meth:`StageRunner.sync_step` checks every stage's output shape instead."""
     from archspec.nn.compiler import compile_spec
     from archspec.train.methods import build_decoders
 
     device = torch.device(device)
-    dtype = getattr(torch, cfg.dtype)
+    dtype = weight_dtype(cfg.dtype)
     torch.manual_seed(cfg.seed)
     net = compile_spec(spec, device=device, check=False).to(dtype)
     decoders = build_decoders(net, cfg.method, cfg.decoders.decoder_config()).to(dtype)
     return Model(cfg, spec, net, decoders, device)
+
+
+def check_stage_dtype(cfg: TrainConfig) -> None:
+    """One process per stage trains in full precision or bfloat16, not float16."""
+    if cfg.dtype == "float16":
+        raise UserError(f"{cfg.where('dtype')}: float16 needs a loss scale that the ranks' gradient messages "
+                        f"would have to share; one process per stage trains in bfloat16 (hint: dtype: bfloat16, "
+                        f"or float16 with --processes one)")
+
 
 class StageRunner(StageCheckpoints, Schedules, Messages, Runner):
     """The runner of one rank. Inherits the data order (:meth:`Runner.batches`) and the summary
@@ -133,7 +143,9 @@ class StageRunner(StageCheckpoints, Schedules, Messages, Runner):
         self.cfg, self.out, self.progress = cfg, Path(out), progress
         self.rank, self.world, self.device = rank, world, device
         self.stop_file = stop_file  # spawned runs: the parent creates it at a Ctrl-C
-        self.dtype = getattr(torch, cfg.dtype)
+        check_stage_dtype(cfg)
+        self.dtype = weight_dtype(cfg.dtype)  # weights and images
+        self.wire_dtype = MIXED.get(cfg.dtype, self.dtype)  # activations and gradients between ranks
         spec = load_training_spec(cfg)
         self.groups, self.labels, self.io_shapes = stage_plan(spec)
         self.stages = len(self.groups)
@@ -239,6 +251,7 @@ class StageRunner(StageCheckpoints, Schedules, Messages, Runner):
         self.scheduler = WarmupCosine(self.optimizer, self.total_steps, cfg.schedule.warmup(self.steps_per_epoch),
                                       cfg.schedule.decay, cfg.schedule.final_lr_ratio)
         self.method = build_method(cfg.method, net, decoders, cfg.temperature)
+        self.method.precision = Precision(cfg.dtype, device)
         self.stage_params = [p for name in self.groups[self.stage] for p in getattr(net, name).parameters()
                              if p.requires_grad]
         self.decoder_params = [p for _, p in decoders[self.label].named_parameters()] if self.has_decoder else []

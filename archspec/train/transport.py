@@ -60,7 +60,8 @@ def peer_failure(exc: BaseException, rank: int, label: str) -> UserError | None:
 
 
 class Messages:
-    """Point-to-point and broadcast messages of one rank; needs ``self.device``, ``self.dtype``."""
+    """Point-to-point and broadcast messages of one rank; needs ``self.device`` and
+    ``self.wire_dtype`` (the type of the activations and gradients sent)."""
 
     def _broadcast(self, obj):
         box = [obj]
@@ -84,7 +85,7 @@ class Messages:
         return torch.load(io.BytesIO(data.cpu().numpy()), map_location="cpu", weights_only=True)
 
     def _recv(self, shape, src: int, dtype: torch.dtype | None = None) -> torch.Tensor:
-        buffer = torch.empty(shape, dtype=dtype or self.dtype, device=self.device)
+        buffer = torch.empty(shape, dtype=dtype or self.wire_dtype, device=self.device)
         dist.recv(buffer, src=src)
         return buffer
 
