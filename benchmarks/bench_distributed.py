@@ -20,11 +20,13 @@ backward needs.
 
 What the ratio can show on this project's 2-core CPU machine, and what it cannot:
 
-- There is no micro-batching: within a step, rank k+1 needs rank k's output, and (SimCLR)
-  rank k needs rank k+1's gradient, so the stages run one after another as in one process.
-  The runner sends a stage's output before its local backward, so under GIM and LoCo rank
-  k's decoder and backward can overlap rank k+1's forward, and every step ends with an
-  all-reduce, so steps never overlap. With 4 ranks on 2 cores, at most 2 run at once.
+- This is the sync schedule (``pipeline: sync``, the default): within a step, rank k+1 needs
+  rank k's output, and (SimCLR) rank k needs rank k+1's gradient, so the stages run one after
+  another as in one process. The runner sends a stage's output before its local backward, so
+  under GIM and LoCo rank k's decoder and backward can overlap rank k+1's forward, and every
+  step ends with an all-reduce, so steps never overlap. With 4 ranks on 2 cores, at most 2 run
+  at once. The pipelined schedule, where every rank works at once, is measured by
+  ``benchmarks/bench_pipeline.py``.
 - So the ratio measures the cost of the split (sending activations and gradients through
   gloo on localhost, 4 processes sharing 2 cores, a barrier per step) minus what the GIM/LoCo
   overlap wins with the second core. It is not the speed of a model-parallel pipeline on N

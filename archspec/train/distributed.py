@@ -39,9 +39,13 @@ from archspec.errors import UserError
 from archspec.io import write_text_atomic
 from archspec.train.config import TrainConfig
 from archspec.train.loop import RunResult, check_run_dir, dump_config, result_line
-from archspec.train.stage_runner import (  # noqa: F401 (the names users and benchmarks import from here)
-    StageRunner, _rank_settings, peak_rss_bytes, rank_device, stage_plan)
+from archspec.train.ranks import _rank_settings, peak_rss_bytes, rank_device, stage_plan
+from archspec.train.stage_runner import StageRunner
 from archspec.train.transport import default_timeout_s, peer_failure
+
+
+__all__ = ["PRELOAD", "StageRunner", "launched_by_torchrun", "main", "peak_rss_bytes", "run_rank", "stage_plan",
+           "train_distributed"]
 
 
 def launched_by_torchrun() -> bool:
@@ -121,6 +125,7 @@ def _spawned(index: int, world: int, init_method: str, cfg: TrainConfig, out: Pa
 # What a rank imports anyway: torch._dynamo comes with the first optimizer (torch's
 # Optimizer.__init__ imports it), torch._meta_registrations with the first meta tensor.
 PRELOAD = ["torch", "torch._dynamo", "torch._meta_registrations", "archspec.train.distributed",
+           "archspec.train.replica_runner",
            "archspec.train.augment", "archspec.train.data", "archspec.train.methods", "archspec.train.optim"]
 
 
@@ -178,7 +183,7 @@ def train_distributed(cfg: TrainConfig, out: Path | str, *, max_steps: int | Non
     stages = len(stage_plan(load_training_spec(cfg))[0]) if processes == "stage" else 1
     world = stages * data_parallel
     from archspec.train.replica_runner import check_batch
-    from archspec.train.stage_runner import check_stage_dtype
+    from archspec.train.ranks import check_stage_dtype
 
     check_batch(cfg, data_parallel)
     if processes == "stage":
