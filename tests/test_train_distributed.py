@@ -342,3 +342,20 @@ def test_pipelined_on_cuda_with_nccl(tmp_path):
     assert result.summary["backend"] == "nccl" and result.step == 3
     train(cfg, tmp_path / "one", max_steps=3, progress=False)
     compare_runs(tmp_path / "one", tmp_path / "stage", 3, rtol=1e-2, atol=1e-3)
+
+
+def test_a_non_finite_loss_stops_the_pipeline_with_one_line(tmp_path):
+    """A learning rate of 1e12 makes res5's loss NaN at step 2: both runners name that step; the
+    pipelined one drains first, so its checkpoint is a few steps later."""
+    import dataclasses
+
+    cfg = load_config(write_config(tmp_path, "loco", "sgd", pipeline="pipelined", temperature=0.01))
+    cfg = dataclasses.replace(cfg, optimizer=dataclasses.replace(cfg.optimizer, lr=1e12))
+    with pytest.raises(UserError) as one:
+        train(cfg, tmp_path / "one", progress=False)
+    with pytest.raises(UserError) as stage:
+        train_distributed(cfg, tmp_path / "stage", progress=False, deadline_s=TIMEOUT)
+    assert str(one.value).split(" (hint")[0] == str(stage.value).split(" (hint")[0]
+    assert "'res5': nan} at step 2" in str(stage.value) and "checkpoint saved at step" in str(stage.value)
+    _, state = load_run(tmp_path / "stage")
+    assert state["step"] > 2
