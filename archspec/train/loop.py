@@ -250,7 +250,6 @@ class Runner:
 
     # checkpoints
     def state(self) -> dict:
-        np_state = np.random.get_state()
         return {
             "format": CHECKPOINT_FORMAT,
             "step": self.step,
@@ -263,13 +262,7 @@ class Runner:
             "scheduler": self.scheduler.state_dict(),
             "data_order": {"seed": self.cfg.seed, "epoch": self.step // self.steps_per_epoch,
                            "position": self.step % self.steps_per_epoch},
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
-                "python": random.getstate(),
-                "augment": self.aug_generator.get_state(),
-            },
+            "rng": rng_state(self.aug_generator),
             **({"loss_scale": self.loss_scale.state_dict()} if self.loss_scale is not None else {}),
         }
 
@@ -293,14 +286,7 @@ class Runner:
         self.model.decoders.load_state_dict(state["decoders"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        rng = state["rng"]
-        torch.set_rng_state(rng["torch"])
-        if rng["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
-        name, keys, *rest = rng["numpy"]
-        np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
-        random.setstate(_tuples(rng["python"]))
-        self.aug_generator.set_state(rng["augment"])
+        set_rng_state(state["rng"], self.aug_generator)
         if self.loss_scale is not None and "loss_scale" in state:
             self.loss_scale.load_state_dict(state["loss_scale"])
         self.step = int(state["step"])
@@ -466,6 +452,29 @@ def log_step(log, writer, step: int, epoch: float, lr: float, losses: dict[str, 
         for key, value in record.items():
             if key != "step":
                 writer.add_scalar(key, value, step)
+
+
+def rng_state(aug_generator: torch.Generator) -> dict:
+    """Every random number generator a step draws from, for a checkpoint."""
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "python": random.getstate(),
+        "augment": aug_generator.get_state(),
+    }
+
+
+def set_rng_state(rng: dict, aug_generator: torch.Generator) -> None:
+    """The generators back as :func:`rng_state` saved them."""
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    name, keys, *rest = rng["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    random.setstate(_tuples(rng["python"]))
+    aug_generator.set_state(rng["augment"])
 
 
 def _tuples(value):

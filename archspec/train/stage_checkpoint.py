@@ -11,15 +11,13 @@ optimizer state. Data-parallel replicas hold equal copies: replica 0's ranks sta
 from __future__ import annotations
 
 import io
-import random
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
 from archspec.io import write_bytes_atomic
-from archspec.train.loop import CHECKPOINT_FORMAT, _tuples, checkpoint_paths
+from archspec.train.loop import CHECKPOINT_FORMAT, checkpoint_paths, rng_state, set_rng_state
 from archspec.train.transport import to_cpu
 
 
@@ -91,14 +89,7 @@ class StageCheckpoints:
                                         "base_lrs": self.scheduler.base_lrs})
         self.step = part["step"]
         if "rng" in part:  # a first stage: the RNGs, as Runner.restore
-            rng = part["rng"]
-            torch.set_rng_state(rng["torch"])
-            if rng["cuda"] and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(rng["cuda"])
-            name, keys, *rest = rng["numpy"]
-            np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
-            random.setstate(_tuples(rng["python"]))
-            self.aug_generator.set_state(rng["augment"])
+            set_rng_state(part["rng"], self.aug_generator)
 
     # -- checkpoints -------------------------------------------------------------------------------
     def _part(self) -> dict:
@@ -120,7 +111,6 @@ class StageCheckpoints:
                 opt[self.full_index[name]] = s
         merged.update({f"head.{k}": to_cpu(v) for k, v in self.model.net.head.state_dict().items()})
         lr = self.optimizer.param_groups[0]["lr"]
-        np_state = np.random.get_state()
         return {
             "format": CHECKPOINT_FORMAT,
             "step": self.step,
@@ -134,13 +124,7 @@ class StageCheckpoints:
             "scheduler": {"last_step": self.scheduler.last_step, "base_lrs": list(self.full_base_lrs)},
             "data_order": {"seed": self.cfg.seed, "epoch": self.step // self.steps_per_epoch,
                            "position": self.step % self.steps_per_epoch},
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
-                "python": random.getstate(),
-                "augment": self.aug_generator.get_state(),
-            },
+            "rng": rng_state(self.aug_generator),
         }
 
     def save(self) -> Path | None:
