@@ -139,20 +139,22 @@ def test_errors_are_one_line(tmp_path):
 MICRO2 = MICRO.split("  - {name: res4")[0] + "head: {fc: null}\n"
 
 
-@pytest.mark.parametrize("method, schedule", [("simclr", "sync"), ("loco", "pipelined")])
-def test_torchrun(tmp_path, method, schedule):
-    """The ranks of a torchrun launch equal the single process's."""
+@pytest.mark.parametrize("method, schedule, processes", [
+    ("simclr", "sync", "stage"), ("loco", "pipelined", "stage"), ("gim", "sync", "one")])
+def test_torchrun(tmp_path, method, schedule, processes):
+    """The ranks of a torchrun launch (two local stages, or two data-parallel replicas of the
+    whole network) equal the single process's."""
     path = write_config(tmp_path, method, "sgd", pipeline=schedule)
     (tmp_path / "micro.yaml").write_text(MICRO2)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "archspec.train.distributed", str(path), "--out", str(tmp_path / "stage"), "--max-steps", "2",
-           "--no-progress"]
+           "--no-progress", "--processes", processes]
     done = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=2 * TIMEOUT)
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.count(f"max_steps: step 2/10 of {method} on micro, ") == 1, done.stdout  # rank 0 prints
     train(load_config(path), tmp_path / "one", max_steps=2, progress=False)
-    compare_runs(tmp_path / "one", tmp_path / "stage", 2)
+    compare_runs(tmp_path / "one", tmp_path / "stage", 2, **(DP_TOLERANCE if processes == "one" else {}))
 
 
 # -- the pipelined schedule -------------------------------------------------------------------------
