@@ -104,7 +104,7 @@ def flop_shares(spec_path: str, size: int, batch: int) -> tuple[list[str], list[
     return [s["name"] for s in doc["stages"]], [s["flops_share"] / 100 for s in doc["stages"]]
 
 
-def run_logged(cmd: list[str], log: Path, poll_s: float = 0.002) -> tuple[dict, list[float]]:
+def run_logged(cmd: list[str], log: Path, poll_s: float = 0.01) -> tuple[dict, list[float]]:
     """Run ``cmd``; return its last stdout line (JSON) and, per record of ``log``, the
     perf_counter time at which this process first saw it."""
     seen: list[float] = []

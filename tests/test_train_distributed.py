@@ -361,3 +361,17 @@ def test_a_non_finite_loss_stops_the_pipeline_with_one_line(tmp_path):
     assert "'res5': nan} at step 2" in str(stage.value) and "checkpoint saved at step" in str(stage.value)
     _, state = load_run(tmp_path / "stage")
     assert state["step"] > 2
+
+
+def test_data_parallel_resumes_across_runner_kinds(tmp_path):
+    """2 steps in one process, 2 with two replicas of each of two stages (4 ranks) from that
+    checkpoint, 1 in one process from theirs: the same as 5 steps in one process."""
+    path = write_config(tmp_path, "loco", "sgd", checkpoint_every=2)
+    (tmp_path / "micro.yaml").write_text(MICRO2)
+    cfg = load_config(path)
+    train(cfg, tmp_path / "straight", max_steps=5, progress=False)
+    train(cfg, tmp_path / "mixed", max_steps=2, progress=False)
+    train_distributed(cfg, tmp_path / "mixed", max_steps=4, resume=True, progress=False, deadline_s=TIMEOUT,
+                      data_parallel=2)
+    train(cfg, tmp_path / "mixed", max_steps=5, resume=True, progress=False)
+    compare_runs(tmp_path / "straight", tmp_path / "mixed", 5, **DP_TOLERANCE)
