@@ -128,7 +128,7 @@ def test_memory_budget(tmp_path):
     assert result.exit_code == 2
     line = result.output.strip()
     assert len(line.splitlines()) == 1
-    assert "presnet50_loco.yaml:" in line and "estimated peak training memory 207." in line
+    assert "presnet50_loco.yaml:" in line and "estimated peak training memory 257." in line
     assert "over the budget of 16.00 GiB" in line
     ok = run_cli("validate", path, "--memory-budget", "1TiB")
     assert ok.exit_code == 0 and "(budget 1.00 TiB)" in ok.output

@@ -1,19 +1,8 @@
-"""Peak training memory of end-to-end (SimCLR), GIM and LoCo training, from traced counts.
+"""Local stages and the plan of a training step's peak memory.
 
-Model (docs/profile.md states it with the numbers it needs):
-
-    peak = static + activations
-    static = (encoder + decoders in use) x (weights + gradients + optimizer state)
-    activations = the bytes autograd holds for backward when the peak is reached:
-      simclr: every stage, plus the one decoder on top (forward, then one backward);
-      gim:    max over local stages k of stage k + decoder k (each stage's input detached, so a
-              stage's backward can run, and free its tensors, before the next stage's forward);
-      loco:   max over k of stages k-1 and k + decoder k (unit k back-propagates through
-              both, so stage k-1's tensors live until unit k is done: one extra stage).
-
-The image batch counts both views of a contrastive batch (2 x batch). The classifier fc of
-the spec's head is not trained (a decoder replaces it). The stem (leading ``conv`` stages,
-e.g. conv1) joins the first residual stage as one local stage, as in the paper.
+The peak itself is computed by running the training runner's step on meta tensors
+(:mod:`archspec.profile.step_memory`); :class:`MemoryPlan` is its breakdown. The stem (leading
+``conv`` stages, e.g. conv1) joins the first residual stage as one local stage, as in the paper.
 """
 from __future__ import annotations
 
@@ -52,13 +41,15 @@ def local_stages(spec: Spec) -> list[list[str]]:
 
 @dataclass
 class MemoryPlan:
+    """Bytes at the peak of a step, by what holds them (archspec.profile.step_memory.StepPeak)."""
+
     method: str
-    weights: int  # encoder
-    gradients: int
-    optimizer: int
-    decoders: int  # decoder weights + gradients + optimizer state
-    activations: int
-    peak_unit: str  # the local stage (or unit) where the activation peak is reached
+    weights: int  # encoder weights (the untrained head's too) and batch-norm buffers
+    gradients: int  # encoder gradients that exist at the peak
+    optimizer: int  # encoder optimizer state
+    decoders: int  # decoder weights, buffers, optimizer state and the gradients that exist at the peak
+    activations: int  # saved tensors, gradients in flight, the batch and its views
+    peak_unit: str  # the local stage (LoCo: unit) running at the peak, or "optimizer step"
 
     @property
     def total(self) -> int:
@@ -68,26 +59,3 @@ class MemoryPlan:
         return {"method": self.method, "weights": self.weights, "gradients": self.gradients,
                 "optimizer": self.optimizer, "decoders": self.decoders, "activations": self.activations,
                 "total": self.total, "peak_at": self.peak_unit}
-
-
-def memory_plans(groups: list[list[str]], saved: dict[str, int], encoder_params: int,
-                 decoder_params: list[int], decoder_saved: list[int], bytes_per_element: int,
-                 optimizer: str) -> dict[str, MemoryPlan]:
-    """``saved``: activation bytes per stage at the training batch; ``decoder_*``: per local stage."""
-    states = OPTIMIZER_STATES[optimizer]
-    per_param = bytes_per_element * (2 + states)  # weight + gradient + optimizer state
-    group_saved = [sum(saved[name] for name in g) for g in groups]
-    labels = ["+".join(g) for g in groups]
-    weights = encoder_params * bytes_per_element
-    common = dict(weights=weights, gradients=weights, optimizer=weights * states)
-
-    plans = {"simclr": MemoryPlan("simclr", decoders=decoder_params[-1] * per_param,
-                                  activations=sum(group_saved) + decoder_saved[-1], peak_unit="all", **common)}
-    gim = [(group_saved[k] + decoder_saved[k], labels[k]) for k in range(len(groups))]
-    loco = [((group_saved[k - 1] if k else 0) + group_saved[k] + decoder_saved[k],
-             f"({labels[k - 1]}, {labels[k]})" if k else labels[k]) for k in range(len(groups))]
-    for method, options in (("gim", gim), ("loco", loco)):
-        acts, unit = max(options)
-        plans[method] = MemoryPlan(method, decoders=sum(decoder_params) * per_param, activations=acts,
-                                   peak_unit=unit, **common)
-    return plans

@@ -9,9 +9,10 @@ import torch
 
 from archspec.errors import UserError
 from archspec.nn.compiler import StagedNet
-from archspec.nn.decoders import Decoder, DecoderConfig
 from archspec.profile.analytic import OP_CLASSES, stage_counts
-from archspec.profile.memory import METHODS, OPTIMIZER_STATES, local_stages, memory_plans
+from archspec.nn.decoders import DecoderConfig
+from archspec.profile.memory import METHODS, OPTIMIZER_STATES, MemoryPlan, local_stages
+from archspec.profile.step_memory import step_peak
 from archspec.profile.traced import trace
 from archspec.spec.resize import at_input_size
 from archspec.spec.schema import Spec
@@ -134,7 +135,8 @@ def _trace_net(net: StagedNet, batch: int, dtype, backward: bool):
 
 def profile(spec: Spec, *, batch: int = 256, size: tuple[int, int] | None = None, dtype: str = "float32",
             optimizer: str = "sgd", ops=DEFAULT_OPS, training: bool = True,
-            decoder: DecoderConfig = DecoderConfig()) -> Profile:
+            decoder: DecoderConfig = DecoderConfig(), weight_decay: float = 1e-6,
+            exclude_bn_bias: bool = True) -> Profile:
     if batch < 1:
         raise UserError(f"batch must be a positive integer, got {batch}")
     if dtype not in DTYPES:
@@ -163,21 +165,14 @@ def profile(spec: Spec, *, batch: int = 256, size: tuple[int, int] | None = None
                          "saved": t.saved_bytes}))
     result = Profile(spec, batch, dtype, optimizer, tuple(ops), rows)
     if training:
-        groups = local_stages(spec)
-        train = _trace_net(net, 2 * batch, torch_dtype, backward=False)
-        saved = {name: t.saved_bytes for name, t in train.items()}
-        dec_params, dec_saved = [], []
-        for g in groups:
-            c, h, w = train[g[-1]].output_shape[1:]
-            with torch.device("meta"):
-                dec = Decoder(c, decoder).to(torch_dtype)
-            x = torch.empty(2 * batch, c, h, w, device="meta", dtype=torch_dtype, requires_grad=True)
-            d = trace(dec, {"decoder": dec}, x, backward=False)["decoder"]
-            dec_params.append(d.params)
-            dec_saved.append(d.saved_bytes)
-        encoder_params = sum(r.params for r in rows if r.name != "head")
-        result.groups = groups
-        result.memory = memory_plans(groups, saved, encoder_params, dec_params, dec_saved, bpe, optimizer)
+        result.groups = local_stages(spec)
+        result.memory = {}
+        for method in METHODS:  # the runner's step, run on meta tensors (archspec.profile.step_memory)
+            peak = step_peak(spec, method, batch, torch_dtype, optimizer, decoder, weight_decay, exclude_bn_bias,
+                             net=net)
+            result.memory[method] = MemoryPlan(method, weights=peak.weights, gradients=peak.gradients,
+                                               optimizer=peak.optimizer, decoders=peak.decoders,
+                                               activations=peak.activations, peak_unit=peak.where)
     return result
 
 

@@ -463,7 +463,8 @@ def validate_config(cfg: TrainConfig, memory_budget: int | str | None = None, ch
                 hint="set decoders.block: false (pool + MLP only) or train at a larger data.size")
 
     prof = profile(spec, batch=cfg.batch, dtype=cfg.dtype, optimizer=cfg.optimizer.name,
-                   decoder=cfg.decoders.decoder_config()).to_dict()
+                   decoder=cfg.decoders.decoder_config(), weight_decay=cfg.optimizer.weight_decay,
+                   exclude_bn_bias=cfg.optimizer.exclude_bn_bias).to_dict()
     memory = prof["training_memory"]["methods"][cfg.method]
     budget = parse_bytes(memory_budget) if isinstance(memory_budget, str) else memory_budget
     if budget is not None and memory["total"] > budget:
