@@ -61,3 +61,26 @@ def test_predicted_peak_within_3_percent_of_the_measured_one(tmp_path, spec, bat
         print(spec, batch, optimizer, method, f"measured {peaks[-1] / MiB:.1f} MiB, predicted {plan.total / MiB:.1f}, "
               f"ratio {ratio:.4f}, at {plan.peak_unit}")
         assert ratio == pytest.approx(1, abs=0.03)
+
+
+@pytest.mark.parametrize("method, schedule", [("loco", "sync"), ("loco", "pipelined"), ("gim", "pipelined")])
+def test_every_ranks_predicted_peak_within_3_percent(tmp_path, monkeypatch, method, schedule):
+    """One process per local stage (4 ranks), each measuring its own tensors
+    ($ARCHSPEC_MEASURE_MEMORY=1), against archspec.profile.rank_memory."""
+    import dataclasses
+
+    from archspec.profile.rank_memory import rank_peaks
+    from archspec.train.distributed import train_distributed
+
+    monkeypatch.setenv("ARCHSPEC_MEASURE_MEMORY", "1")
+    monkeypatch.setenv("ARCHSPEC_DIST_TIMEOUT", "60")
+    cfg = dataclasses.replace(write(tmp_path, "resnet18", method, 4, "sgd"), pipeline=schedule)
+    result = train_distributed(cfg, tmp_path / "run", max_steps=3, progress=False, deadline_s=120)
+    o = cfg.optimizer
+    predicted = rank_peaks(load_training_spec(cfg), method, 4, decoder=cfg.decoders.decoder_config(),
+                           weight_decay=o.weight_decay, exclude_bn_bias=o.exclude_bn_bias, schedule=schedule)
+    measured = result.summary["tensor_peak_bytes"]
+    assert list(measured) == list(predicted) == ["conv1+res2", "res3", "res4", "res5"]
+    for label, peak in measured.items():
+        print(method, schedule, label, f"measured {peak / MiB:.2f} MiB, predicted {predicted[label].total / MiB:.2f}")
+        assert predicted[label].total / peak == pytest.approx(1, abs=0.03)

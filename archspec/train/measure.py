@@ -16,13 +16,14 @@ from archspec.profile.tensor_memory import TensorMemory, held_bytes
 
 
 def run_tensors(runner) -> list[torch.Tensor]:
-    """What a run holds between steps: weights, buffers, gradients, optimizer state."""
+    """What a run (or one rank of it) holds between steps: weights, buffers, gradients,
+    optimizer state; not the meta twins of modules another rank owns."""
     model = runner.model
     tensors = [t for m in (model.net, model.decoders) for t in list(m.parameters()) + list(m.buffers())]
     tensors += [p.grad for p in tensors if isinstance(p, torch.nn.Parameter)]
     for state in runner.optimizer.state.values():
         tensors += [v for v in state.values() if isinstance(v, torch.Tensor)]
-    return tensors
+    return [t for t in tensors if isinstance(t, torch.Tensor) and not t.is_meta]
 
 
 def measure_step_peaks(cfg, out, steps: int = 3) -> list[int]:

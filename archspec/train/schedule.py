@@ -103,8 +103,8 @@ class Schedules:
         decoder = copy(self.model.decoders[self.label]) if self.has_decoder else None
         return stage, decoder
 
-    def _pipelined_batch(self, x: torch.Tensor) -> float:
-        """This rank's work on one batch; returns its loss. Applies this batch's update at once
+    def _pipelined_batch(self, x: torch.Tensor) -> torch.Tensor:
+        """This rank's work on one batch; returns its loss (detached). Applies this batch's update at once
         (no delay) or keeps it pending until the next batch (LoCo, all but the last stage)."""
         k, last, loco = self.stage, self.stages - 1, self.cfg.method == "loco"
         inp = x.requires_grad_(k > 0 and loco)
@@ -122,7 +122,7 @@ class Schedules:
             loss = self.method.loss(self.label, y)
             loss.backward()
             self._update()
-            return float(loss.detach())
+            return loss.detach()
         y_leaf = y.detach().requires_grad_(True)
         if snap is None:  # the last stage: its weights and its input gradient in one pass
             loss = self.method.loss(self.label, y_leaf)
@@ -131,7 +131,7 @@ class Schedules:
             if k > 0:
                 self.gradients_out.send(inp.grad)
             self._update()
-            return float(loss.detach())
+            return loss.detach()
         dec_params = list(snap[1].values())
         loss = self.method.loss(self.label, y_leaf, params=snap[1])
         a, *dec_grads = torch.autograd.grad(loss, [y_leaf] + dec_params)
@@ -140,7 +140,7 @@ class Schedules:
             self.gradients_out.send(b)
         self._finish_pending()
         self.pending = (y, a, snap, dec_grads)
-        return float(loss.detach())
+        return loss.detach()
 
     def _finish_pending(self) -> None:
         """LoCo: the update of the previous batch, once rank k+1's gradient for it is here."""

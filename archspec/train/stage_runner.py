@@ -247,6 +247,14 @@ class StageRunner(StageCheckpoints, Schedules, Messages, Runner):
         self.model.net.train()
         self.model.decoders.train()
         started = time.perf_counter()
+        # $ARCHSPEC_MEASURE_MEMORY=1: this rank's peak of tensor memory (benchmarks/bench_memory.py)
+        tracker, held = None, 0
+        if os.environ.get("ARCHSPEC_MEASURE_MEMORY") == "1":
+            from archspec.profile.tensor_memory import TensorMemory, held_bytes
+            from archspec.train.measure import run_tensors
+
+            existing = run_tensors(self)
+            tracker, held = TensorMemory(existing), held_bytes(existing)
         with _Stopper() as stopper, (open(log_path, "a", encoding="utf-8") if rank0 else
                                      contextlib.nullcontext()) as log:
             self._stopper = stopper
@@ -261,8 +269,9 @@ class StageRunner(StageCheckpoints, Schedules, Messages, Runner):
 
             try:
                 loop = self._run_pipelined if cfg.pipeline == "pipelined" else self._run_sync
-                if loop(start, stop, stopper, record):
-                    status = "interrupted"
+                with tracker or contextlib.nullcontext():
+                    if loop(start, stop, stopper, record):
+                        status = "interrupted"
             finally:
                 if bar is not None:
                     bar.close()
@@ -271,7 +280,8 @@ class StageRunner(StageCheckpoints, Schedules, Messages, Runner):
         rss_training = peak_rss_bytes()  # before the final checkpoint, which rank 0 assembles
         checkpoint = self.save()
         rss = [None] * self.world if rank0 else None
-        dist.gather_object((rss_training, peak_rss_bytes()), rss, dst=0)
+        dist.gather_object((rss_training, peak_rss_bytes(), None if tracker is None else held + tracker.peak), rss,
+                           dst=0)
         summary = None
         if rank0:
             summary = self.summary(status, time.perf_counter() - started, checkpoint)
@@ -279,6 +289,8 @@ class StageRunner(StageCheckpoints, Schedules, Messages, Runner):
                             "data_parallel": self.replicas,  # replica 0's ranks below
                             "max_rss_bytes": dict(zip(self.labels, (r[1] for r in rss))),
                             "max_rss_bytes_training": dict(zip(self.labels, (r[0] for r in rss)))})
+            if tracker is not None:
+                summary["tensor_peak_bytes"] = dict(zip(self.labels, (r[2] for r in rss)))
             write_text_atomic(self.out / "summary.json", json.dumps(summary, indent=2) + "\n")
         summary = self._broadcast(summary)
         return RunResult(summary["status"], summary["step"], summary["total_steps"], self.out, summary)

@@ -1,0 +1,139 @@
+"""Peak training memory of every rank of one process per local stage, by running its step on meta.
+
+Rank k of ``archspec train --processes stage`` holds its local stage's weights, buffers and
+optimizer state and its decoder; per step it receives its input, runs the schedule's code for its
+stage (:class:`archspec.train.schedule.Schedules`: ``sync_step``, or ``_pipelined_batch`` with its
+bounded send queues and, for LoCo, the previous batch's graph and weight snapshot), sends its
+output and gradient, and steps its optimizer. This module runs exactly that code on the meta
+device under :class:`~archspec.profile.tensor_memory.TensorMemory`, with the messages replaced by
+meta tensors of the same shapes (a received tensor is a new buffer; a sent one stays referenced
+until its send would complete), and adds the optimizer step as :mod:`archspec.profile.step_memory`
+does. The pipelined schedule is run for three batches and its steady state (the third) is taken.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections import deque
+from types import SimpleNamespace
+
+import torch
+
+from archspec.nn.decoders import DecoderConfig
+from archspec.profile.memory import OPTIMIZER_STATES, local_stages
+from archspec.profile.step_memory import StepPeak, _direct_autograd, update_temporaries
+from archspec.profile.tensor_memory import TensorMemory, held_bytes
+from archspec.spec.schema import Spec
+
+
+class _Sent:
+    """A completed send: keeps its tensor until ``wait`` (as an isend does)."""
+
+    def __init__(self, tensor):
+        self.tensor = tensor
+
+    def wait(self):
+        self.tensor = None
+
+
+class _Queue:
+    """archspec.train.transport.Outbox without a peer: at most ``depth`` tensors referenced."""
+
+    def __init__(self, depth: int):
+        self.depth, self.sent = depth, deque()
+
+    def send(self, tensor):
+        while len(self.sent) >= self.depth:
+            self.sent.popleft()
+        self.sent.append(tensor.contiguous())
+
+    def flush(self):
+        self.sent.clear()
+
+
+@contextlib.contextmanager
+def _no_network():
+    import torch.distributed as dist
+
+    saved = dist.isend
+    dist.isend = lambda tensor, dst=None, group=None, tag=0: _Sent(tensor)
+    try:
+        yield
+    finally:
+        dist.isend = saved
+
+
+def rank_peaks(spec: Spec, method: str, batch: int, dtype: torch.dtype = torch.float32, optimizer: str = "sgd",
+               decoder: DecoderConfig = DecoderConfig(), weight_decay: float = 1e-6, exclude_bn_bias: bool = True,
+               schedule: str = "sync") -> dict[str, StepPeak]:
+    """The peak of one steady-state step of every rank, by local-stage label."""
+    from archspec.nn.compiler import StagedNet
+    from archspec.spec.validate import infer_shapes
+    from archspec.train.methods import build_decoders, build_method, group_label
+    from archspec.train.optim import param_groups
+    from archspec.train.schedule import LAG, Schedules
+    from archspec.train.stale import stage_delays
+
+    groups = local_stages(spec)
+    labels = [group_label(g) for g in groups]
+    shapes = {s.name: s for s in infer_shapes(spec)}
+    io_shapes = [(tuple(shapes[g[0]].in_shape), tuple(shapes[g[-1]].out_shape)) for g in groups]
+    delays = stage_delays(method, len(groups), schedule)
+    bpe = torch.empty(0, dtype=dtype).element_size()
+    states = OPTIMIZER_STATES[optimizer]
+    peaks = {}
+    for k, label in enumerate(labels):
+        with torch.device("meta"):
+            net = StagedNet(spec).to(dtype)
+            decoders = build_decoders(net, method, decoder).to(dtype)
+        own = [getattr(net, name) for name in groups[k]] + ([decoders[label]] if label in decoders else [])
+        params = [p for m in own for p in m.parameters()]
+        resident = params + [b for m in own for b in m.buffers()]
+        rank = SimpleNamespace(
+            stage=k, stages=len(groups), rank=k, label=label, groups=groups, io_shapes=io_shapes,
+            shard_rows=2 * batch, cfg=SimpleNamespace(method=method, batch=batch), model=SimpleNamespace(net=net,
+                                                                                                     decoders=decoders),
+            method=build_method(method, net, decoders), has_decoder=label in decoders, delay=delays[k], pending=None,
+            stage_params=[p for name in groups[k] for p in getattr(net, name).parameters() if p.requires_grad],
+            decoder_params=[p for _, p in decoders[label].named_parameters()] if label in decoders else [],
+            activations_out=_Queue(LAG), gradients_out=_Queue(LAG), peer=lambda s: s)
+        tracker = TensorMemory(resident, record=False)
+        update = {"bytes": 0}
+
+        def recv(shape, src, dtype_=None, wire=dtype):
+            return torch.empty(shape, device="meta", dtype=dtype_ or wire)
+
+        def optimizer_step(rank=rank, tracker=tracker, update=update, params=params):
+            # every gradient this rank made, alive at once, plus the update's temporaries
+            update["bytes"] = max(update["bytes"], tracker.current + temporaries)
+            for p in params:
+                p.grad = None
+
+        rank._recv = recv
+        rank._check_shape = lambda y: None
+        rank._update = optimizer_step
+        rank._snapshot = lambda rank=rank: Schedules._snapshot(rank)
+        rank._finish_pending = lambda rank=rank: Schedules._finish_pending(rank)
+        rank.reduce_gradients = lambda: None
+        temporaries = update_temporaries(optimizer, param_groups(own, weight_decay, exclude_bn_bias), bpe)
+        x_shape = (2 * batch, *io_shapes[0][0])
+        with _no_network(), _direct_autograd(), tracker:
+            # rank 0 reads the batch and makes both views (one tensor); the batch stays referenced
+            images = torch.empty((batch, *io_shapes[0][0]), device="meta", dtype=dtype) if k == 0 else None
+            if schedule == "sync":
+                x = torch.empty(x_shape, device="meta", dtype=dtype) if k == 0 else None
+                Schedules.sync_step(rank, x)
+                optimizer_step()
+            else:
+                for n in range(3):  # the third batch is the steady state (LoCo keeps one batch's graph)
+                    if n == 2:
+                        tracker.reset_peak()
+                        update["bytes"] = 0
+                    x = torch.empty(x_shape if k == 0 else (2 * batch, *io_shapes[k][0]), device="meta", dtype=dtype)
+                    Schedules._pipelined_batch(rank, x)
+                    del x
+        del images
+        held = held_bytes(resident + (list(net.head.parameters()) if k == 0 else []))  # rank 0 keeps the head
+        state = states * sum(p.numel() for p in params) * bpe
+        peaks[label] = StepPeak(weights=held, gradients=0, optimizer=state, decoders=0,
+                                activations=max(tracker.peak, update["bytes"]), where=label)
+    return peaks
