@@ -302,6 +302,56 @@ def test_huge_numbers_are_spec_errors(size, channels):
         loads(text, source="x.yaml")
 
 
+_SMALL_SPEC = Spec(name="a", stages=(Stage(name="s1", output_size=(8, 8), downsample=Downsample("none"),
+                                           blocks=(BlockGroup("conv", (Conv(kernel=1, channels=2),)),)),),
+                   head=Head(pool="avg", fc=None), input_channels=1, input_size=(8, 8))
+# Every character YAML or str.splitlines() treats as a line break, plus quoting and indicator characters.
+_BREAKS_AND_QUOTES = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029\t \\'\"#:-?&*!|>%@`[]{},a\ufeff"
+_FREE_TEXT = st.one_of(st.text(st.characters(blacklist_categories=("Cs",))),
+                       st.text(st.sampled_from(_BREAKS_AND_QUOTES), max_size=300))
+
+
+def _assert_text_round_trips(**fields) -> None:
+    spec = replace(_SMALL_SPEC, **fields)
+    text = dumps(spec)
+    assert loads(text) == spec, text
+    assert dumps(loads(text)) == text
+    # written text holds no line break but "\n", so line numbers in errors stay right
+    assert "\n".join(text.splitlines()) + "\n" == text, repr(text)
+
+
+@pytest.mark.parametrize("value", ["\x85", "a\x85b", "\x85\n", "a \x85b", "\u2028", "a\u2028b", "\u2029",
+                                   "x\u2029 y", "\r", "a\r\nb", "\t", "\ta\t", " a", "a ", "  ", " \n ", "a\nb",
+                                   "\n", "\x85" * 200, "word \u2028" * 40, "\ufeff", "\U0010ffff"])
+@pytest.mark.parametrize("field", ["notes", "title", "name"])
+def test_notes_with_unicode_line_breaks_round_trip(field, value):
+    """Found by hypothesis: notes='\\x85' came back as ' '. PyYAML writes NEL, U+2028 and U+2029
+    raw in plain and single-quoted scalars, where YAML folds them as line breaks; the writer
+    double-quotes such text, so they are escapes (\\N, \\L, \\P)."""
+    _assert_text_round_trips(**{field: value})  # (stage names must be identifiers, so are not free text)
+    if value == "\x85":
+        assert f'{field}: "\\N"\n' in dumps(replace(_SMALL_SPEC, **{field: value}))
+
+
+def test_ordinary_text_is_written_as_before():
+    """Only text with a YAML line break changes style; the rest is byte for byte safe_dump's."""
+    import yaml
+
+    from archspec.spec.writer import to_data
+
+    for value in ["plain", "a: b", "it's", " lead", "multi\nline", "caf\u00e9 \u2013 \U0001f600", "yes", "1", "\t"]:
+        spec = replace(_SMALL_SPEC, notes=value, title=value)
+        assert dumps(spec) == yaml.safe_dump(to_data(spec), sort_keys=False, width=120, allow_unicode=True)
+
+
+@settings(max_examples=300, **SETTINGS)
+@given(notes=_FREE_TEXT, title=_FREE_TEXT)
+def test_arbitrary_notes_and_title_round_trip(notes, title):
+    """Any text without surrogates (which UTF-8 cannot hold), as specs() draws but longer (wrapped at
+    the writer's width 120), or dense in line breaks and quoting characters."""
+    _assert_text_round_trips(notes=notes, title=title)
+
+
 def test_stride_on_a_1x1_map_keeps_the_identity_shortcut():
     """Found by hypothesis: a strided_conv stage entered at 1x1. Its stride leaves the map 1x1 and
     the channels stay 1, so the shortcut is the identity (docs/spec-format.md: a projection where

@@ -6,6 +6,25 @@ import yaml
 from archspec.spec.notation import format_block, format_downsample, format_size
 from archspec.spec.schema import Spec
 
+# Characters YAML reads as line breaks besides "\n" (and "\r", which PyYAML already writes as an
+# escape). PyYAML writes them raw inside a plain or single-quoted scalar, where they are line
+# folding: NEL comes back as a space (or vanishes before a "\n"), and U+2028/U+2029 split the
+# line for other readers and for str.splitlines. A string holding one is written double-quoted,
+# where PyYAML escapes them as \N, \L and \P; every other string is written as before.
+_YAML_LINE_BREAKS = frozenset("\x85\u2028\u2029")
+
+
+class _Dumper(yaml.SafeDumper):
+    """safe_dump's dumper, but text that YAML would fold is written double-quoted with escapes."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = '"' if not _YAML_LINE_BREAKS.isdisjoint(value) else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _represent_str)
+
 
 def to_data(spec: Spec) -> dict:
     data: dict = {"name": spec.name}
@@ -33,4 +52,4 @@ def to_data(spec: Spec) -> dict:
 
 
 def dumps(spec: Spec) -> str:
-    return yaml.safe_dump(to_data(spec), sort_keys=False, width=120, allow_unicode=True)
+    return yaml.dump(to_data(spec), Dumper=_Dumper, sort_keys=False, width=120, allow_unicode=True)
