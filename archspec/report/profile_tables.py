@@ -58,7 +58,8 @@ def memory_caption(doc: dict) -> str:
     groups = ", ".join("+".join(g) for g in tm["local_stages"])
     return (f"Peak training memory, {tm['images']} images (2 views x batch {s['batch']}), {s['dtype']}, "
             f"optimizer {s['optimizer']}; local stages: {groups}; a decoder (residual block with downsampling, "
-            f"global pool, 2-layer MLP to 128-d) per local stage (SimCLR: one, on top). Saving = SimCLR peak / peak.")
+            f"global pool, 2-layer MLP to 128-d) per local stage (SimCLR: one, on top). Peak: the most tensor bytes alive in "
+            f"one steady-state step, the runner's step run on meta tensors (docs/profile.md). Saving = SimCLR peak / peak.")
 
 
 def csv_frame(doc: dict):
