@@ -14,9 +14,8 @@ of the run's log.jsonl after ``--warmup`` steps: from the batch in memory to the
 step (for the distributed runner, to the all-reduce that ends the step on every rank), so
 process start-up is not in it (the wall time with start-up is printed too). Memory: the peak
 resident set (VmHWM) of the single process and of every rank, beside an idle process that
-imported the same modules, and the profiler's estimate (docs/profile.md) of what a process
-holds: weights, gradients and Adam state of its stage and decoder plus the activations its
-backward needs.
+imported the same modules, and the profiler's estimate (docs/profile.md) of a process's peak of
+tensor memory (archspec.profile.rank_memory: its own step run on meta tensors).
 
 What the ratio can show on this project's 2-core CPU machine, and what it cannot:
 
@@ -87,37 +86,14 @@ def mib(n: float) -> str:
 
 
 def estimate_per_rank(spec, method: str, batch: int, decoder) -> tuple[list[str], list[int], int]:
-    """The profiler's model per local stage (float32, Adam): (weights + gradients + 2 Adam
-    states) x (stage + its decoder) + the activations saved by stage and decoder at 2 x batch;
-    and its whole-network estimate for one process."""
-    import torch
+    """The profiler's peak per rank (archspec.profile.rank_memory: each rank's own sync step on meta
+    tensors, Adam) and its whole-network peak for one process (docs/profile.md)."""
+    from archspec.profile.profiler import profile
+    from archspec.profile.rank_memory import rank_peaks
 
-    from archspec.nn.decoders import Decoder
-    from archspec.profile.memory import OPTIMIZER_STATES, local_stages
-    from archspec.profile.profiler import _meta_net, _trace_net, profile
-    from archspec.profile.traced import trace
-
-    per_param = 4 * (2 + OPTIMIZER_STATES["adam"])
-    net = _meta_net(spec, torch.float32)
-    train = _trace_net(net, 2 * batch, torch.float32, backward=False)
-    groups = local_stages(spec)
-    labels = ["+".join(g) for g in groups]
-    on = labels[-1:] if method == "simclr" else labels
-    ranks = []
-    for g, label in zip(groups, labels):
-        params = sum(train[n].params for n in g)
-        saved = sum(train[n].saved_bytes for n in g)
-        if label in on:
-            c, h, w = train[g[-1]].output_shape[1:]
-            with torch.device("meta"):
-                dec = Decoder(c, decoder)
-            x = torch.empty(2 * batch, c, h, w, device="meta", requires_grad=True)
-            d = trace(dec, {"decoder": dec}, x, backward=False)["decoder"]
-            params += d.params
-            saved += d.saved_bytes
-        ranks.append(params * per_param + saved)
+    ranks = rank_peaks(spec, method, batch, optimizer="adam", decoder=decoder)
     whole = profile(spec, batch=batch, optimizer="adam", decoder=decoder).to_dict()
-    return labels, ranks, whole["training_memory"]["methods"][method]["total"]
+    return list(ranks), [p.total for p in ranks.values()], whole["training_memory"]["methods"][method]["total"]
 
 
 def main(argv=None) -> int:
