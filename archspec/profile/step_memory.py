@@ -6,7 +6,7 @@ with its detaches, its split LoCo backward and the order in which stages free th
 on the encoder and decoders built on the meta device, counted by
 :class:`~archspec.profile.tensor_memory.TensorMemory` (nothing is allocated). The optimizer step
 comes after the backward and is added from its state and temporaries (torch's per-tensor
-CPU implementations; see :data:`OPTIMIZER_TEMPORARIES`). So the prediction holds, at the peak:
+CPU implementations; see :func:`update_temporaries`). So the prediction holds, at the peak:
 
 - what the run holds between steps: weights (encoder, the untrained head, batch-norm buffers,
   decoders) and optimizer state (created at the first step; the steady state is predicted);
