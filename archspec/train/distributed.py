@@ -39,7 +39,8 @@ from archspec.errors import UserError
 from archspec.io import write_text_atomic
 from archspec.train.config import TrainConfig
 from archspec.train.loop import RunResult, check_run_dir, dump_config, result_line
-from archspec.train.ranks import _rank_settings, peak_rss_bytes, rank_device, stage_plan
+from archspec.train.loop import _torch_settings
+from archspec.train.ranks import peak_rss_bytes, rank_device, stage_plan
 from archspec.train.stage_runner import StageRunner
 from archspec.train.transport import default_timeout_s, peer_failure
 
@@ -76,7 +77,7 @@ def run_rank(cfg: TrainConfig, out: Path | str, rank: int, world: int, *, local_
     dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world, timeout=timeout)
     runner = None
     try:
-        with _rank_settings(threads, cfg.deterministic):
+        with _torch_settings(threads, cfg.deterministic):
             kind = StageRunner if processes == "stage" else ReplicaRunner
             runner = kind(cfg, out, rank, world, device, progress, resume, stop_file)
             if rank == 0 and not resume:

@@ -137,6 +137,11 @@ class _Stopper:
 
 @contextlib.contextmanager
 def _torch_settings(threads: int | None, deterministic: bool):
+    """Torch's thread count and deterministic algorithms for a run, restored afterwards. The
+    eager-mode switch is set directly where torch has it: ``torch.use_deterministic_algorithms``
+    also sets a flag of the compiler (torch._inductor), which training never uses, and importing
+    it costs every process about 1.7 s."""
+    switch = getattr(torch._C, "_set_deterministic_algorithms", None) or torch.use_deterministic_algorithms
     old_threads = torch.get_num_threads()
     old_det = torch.are_deterministic_algorithms_enabled()
     old_warn = torch.is_deterministic_algorithms_warn_only_enabled()
@@ -144,11 +149,11 @@ def _torch_settings(threads: int | None, deterministic: bool):
         if threads:
             torch.set_num_threads(threads)
         if deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=True)
+            switch(True, warn_only=True)
         yield
     finally:
         torch.set_num_threads(old_threads)
-        torch.use_deterministic_algorithms(old_det, warn_only=old_warn)
+        switch(old_det, warn_only=old_warn)
 
 
 # -- the model a run trains --------------------------------------------------------------------
@@ -250,20 +255,26 @@ class Runner:
 
     # checkpoints
     def state(self) -> dict:
+        return self.checkpoint(self.model.net.state_dict(), self.model.decoders.state_dict(),
+                               self.optimizer.state_dict(), self.scheduler.state_dict())
+
+    def checkpoint(self, model: dict, decoders: dict, optimizer: dict, scheduler: dict) -> dict:
+        """The checkpoint format (CHECKPOINT_FORMAT) around the given state dicts: every runner's."""
+        loss_scale = getattr(self, "loss_scale", None)
         return {
             "format": CHECKPOINT_FORMAT,
             "step": self.step,
             "total_steps": self.total_steps,
             "method": self.cfg.method,
             "spec": self.model.spec.name,
-            "model": self.model.net.state_dict(),
-            "decoders": self.model.decoders.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
+            "model": model,
+            "decoders": decoders,
+            "optimizer": optimizer,
+            "scheduler": scheduler,
             "data_order": {"seed": self.cfg.seed, "epoch": self.step // self.steps_per_epoch,
                            "position": self.step % self.steps_per_epoch},
             "rng": rng_state(self.aug_generator),
-            **({"loss_scale": self.loss_scale.state_dict()} if self.loss_scale is not None else {}),
+            **({"loss_scale": loss_scale.state_dict()} if loss_scale is not None else {}),
         }
 
     def save(self) -> Path:
@@ -433,12 +444,21 @@ def result_line(result: RunResult, method: str, processes: int | None = None) ->
             f"loss {change}; run {result.out}")
 
 
+def finite(losses: dict[str, float]) -> bool:
+    return all(math.isfinite(v) for v in losses.values())
+
+
+def not_finite(losses: dict[str, float], step: int, saved: str = "checkpoint saved") -> UserError:
+    """The one-line error of a loss that became NaN or infinite."""
+    return UserError(f"the loss became {losses} at step {step} (hint: lower the learning rate or raise the "
+                     f"temperature); {saved}")
+
+
 def check_finite(losses: dict[str, float], step: int, save) -> None:
     """A NaN or infinite loss ends the run with a checkpoint and a one-line error."""
-    if not all(math.isfinite(v) for v in losses.values()):
+    if not finite(losses):
         save()
-        raise UserError(f"the loss became {losses} at step {step} (hint: lower the "
-                        f"learning rate or raise the temperature); checkpoint saved")
+        raise not_finite(losses, step)
 
 
 def log_step(log, writer, step: int, epoch: float, lr: float, losses: dict[str, float], batch: int,

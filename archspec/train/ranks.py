@@ -1,17 +1,16 @@
-"""What a rank needs before it runs: the stage plan, its device, its torch settings, the model.
+"""What a rank needs before it runs: the stage plan, its device, the model.
 
 Shared by :mod:`archspec.train.stage_runner` and :mod:`archspec.train.distributed`.
 """
 from __future__ import annotations
 
-import contextlib
 import sys
 
 import torch
 
 from archspec.errors import UserError
 from archspec.train.config import TrainConfig
-from archspec.train.loop import Model, _torch_settings
+from archspec.train.loop import Model
 from archspec.train.precision import weight_dtype
 
 
@@ -56,31 +55,6 @@ def peak_rss_bytes() -> int:
 
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(rss if sys.platform == "darwin" else rss * 1024)
-
-
-@contextlib.contextmanager
-def _rank_settings(threads: int | None, deterministic: bool):
-    """:func:`archspec.train.loop._torch_settings` for one rank. It sets the same eager-mode
-    switch: ``torch.use_deterministic_algorithms`` also sets a flag of the compiler
-    (torch._inductor), which this runner never uses, and importing it costs every process
-    about 1.7 s, so the switch is set directly when torch has it."""
-    switch = getattr(torch._C, "_set_deterministic_algorithms", None)
-    if switch is None:
-        with _torch_settings(threads, deterministic):
-            yield
-        return
-    old_threads = torch.get_num_threads()
-    old_det = torch.are_deterministic_algorithms_enabled()
-    old_warn = torch.is_deterministic_algorithms_warn_only_enabled()
-    try:
-        if threads:
-            torch.set_num_threads(threads)
-        if deterministic:
-            switch(True, warn_only=True)
-        yield
-    finally:
-        torch.set_num_threads(old_threads)
-        switch(old_det, warn_only=old_warn)
 
 
 def _build_model(cfg: TrainConfig, spec, device) -> Model:

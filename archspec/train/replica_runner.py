@@ -15,7 +15,6 @@ them) and the summary.
 from __future__ import annotations
 
 import functools
-import json
 import os
 from pathlib import Path
 
@@ -23,10 +22,10 @@ import torch
 import torch.distributed as dist
 
 from archspec.errors import UserError
-from archspec.io import write_text_atomic
 from archspec.train.config import TrainConfig
 from archspec.train.loop import Runner, RunResult, check_run_dir
 from archspec.train.replicas import all_reduce_grads, convert_batchnorm, gathered_nt_xent, shard
+from archspec.train.transport import Messages
 
 
 def check_batch(cfg: TrainConfig, replicas: int) -> None:
@@ -36,7 +35,7 @@ def check_batch(cfg: TrainConfig, replicas: int) -> None:
                         f"(hint: a batch that {replicas} divides, e.g. {replicas * max(1, cfg.batch // replicas)})")
 
 
-class ReplicaRunner(Runner):
+class ReplicaRunner(Messages, Runner):
     """Replica ``rank`` of ``world``; every method that communicates is called by all alike."""
 
     def __init__(self, cfg: TrainConfig, out: Path, rank: int, world: int, device: torch.device,
@@ -52,7 +51,7 @@ class ReplicaRunner(Runner):
                 info["checkpoint"] = None if checkpoint is None else str(checkpoint)
             except UserError as err:
                 info = {"error": str(err), "exit_code": err.exit_code}
-        info = _broadcast(info)
+        info = self._broadcast(info)
         if info["error"] is not None:
             err = UserError(info["error"])
             err.exit_code = info["exit_code"]
@@ -93,18 +92,11 @@ class ReplicaRunner(Runner):
         dist.barrier()
         return path
 
+    def summary(self, status: str, wall: float, checkpoint: Path) -> dict:
+        return {**super().summary(status, wall, checkpoint), "processes": self.world, "data_parallel": self.world,
+                "backend": dist.get_backend()}
+
     def run(self, max_steps: int | None = None, on_step=None) -> RunResult:
         result = super().run(max_steps=max_steps, on_step=on_step if self.rank == 0 else None)
-        summary = None
-        if self.rank == 0:
-            summary = {**result.summary, "processes": self.world, "data_parallel": self.world,
-                       "backend": dist.get_backend()}
-            write_text_atomic(self.out / "summary.json", json.dumps(summary, indent=2) + "\n")
-        summary = _broadcast(summary)
+        summary = self._broadcast(result.summary)  # replica 0's
         return RunResult(summary["status"], summary["step"], summary["total_steps"], self.out, summary)
-
-
-def _broadcast(obj):
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]

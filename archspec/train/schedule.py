@@ -26,7 +26,6 @@ rank k+1 works on batch t-k-1; nothing waits for a step to end.
 """
 from __future__ import annotations
 
-import math
 import time
 from collections import deque
 
@@ -247,6 +246,3 @@ def pipelined_outboxes(runner) -> None:
     runner.headers_out = Outbox(up, LAG + 1, group=runner.control_group) if k < last else None
     runner.controls_out = Outbox(down, LAG + 1, group=runner.control_group) if k > 0 else None
 
-
-def finite(values) -> bool:
-    return all(math.isfinite(v) for v in values)

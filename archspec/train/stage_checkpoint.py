@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 
 from archspec.io import write_bytes_atomic
-from archspec.train.loop import CHECKPOINT_FORMAT, checkpoint_paths, rng_state, set_rng_state
+from archspec.train.loop import checkpoint_paths, set_rng_state
 from archspec.train.transport import to_cpu
 
 
@@ -111,21 +111,10 @@ class StageCheckpoints:
                 opt[self.full_index[name]] = s
         merged.update({f"head.{k}": to_cpu(v) for k, v in self.model.net.head.state_dict().items()})
         lr = self.optimizer.param_groups[0]["lr"]
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "step": self.step,
-            "total_steps": self.total_steps,
-            "method": self.cfg.method,
-            "spec": self.model.spec.name,
-            "model": {k: merged[k] for k in self.model_keys},
-            "decoders": {k: decs[k] for k in self.decoder_keys},
-            "optimizer": {"state": dict(sorted(opt.items())),
-                          "param_groups": [{**g, "lr": lr} for g in self.full_param_groups]},
-            "scheduler": {"last_step": self.scheduler.last_step, "base_lrs": list(self.full_base_lrs)},
-            "data_order": {"seed": self.cfg.seed, "epoch": self.step // self.steps_per_epoch,
-                           "position": self.step % self.steps_per_epoch},
-            "rng": rng_state(self.aug_generator),
-        }
+        return self.checkpoint({k: merged[k] for k in self.model_keys}, {k: decs[k] for k in self.decoder_keys},
+                               {"state": dict(sorted(opt.items())),
+                                "param_groups": [{**g, "lr": lr} for g in self.full_param_groups]},
+                               {"last_step": self.scheduler.last_step, "base_lrs": list(self.full_base_lrs)})
 
     def save(self) -> Path | None:
         """Collective: every rank's part to rank 0 (one at a time), which writes the checkpoint

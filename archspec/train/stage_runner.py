@@ -24,12 +24,13 @@ from archspec.errors import UserError
 from archspec.io import write_text_atomic
 from archspec.train.config import TrainConfig
 from archspec.train.loop import (
-    Runner, RunResult, _load_checkpoint, _Stopper, _tensorboard, check_finite, check_run_dir, log_step, read_log)
+    Runner, RunResult, _load_checkpoint, _Stopper, _tensorboard, check_finite, check_run_dir, finite, log_step,
+    not_finite, read_log)
 from archspec.train.precision import MIXED, Precision, weight_dtype
 from archspec.train.ranks import _build_model, check_stage_dtype, peak_rss_bytes, stage_plan
 from archspec.train.replica_runner import check_batch
 from archspec.train.replicas import all_reduce_grads, convert_batchnorm, gathered_nt_xent, shard
-from archspec.train.schedule import CHECKPOINT, DONE, INTERRUPTED, NOT_FINITE, Schedules, finite, pipelined_outboxes
+from archspec.train.schedule import CHECKPOINT, DONE, INTERRUPTED, NOT_FINITE, Schedules, pipelined_outboxes
 from archspec.train.stage_checkpoint import StageCheckpoints
 from archspec.train.stale import stage_delays
 from archspec.train.transport import Messages, injected_fault
@@ -376,7 +377,7 @@ class StageRunner(StageCheckpoints, Schedules, Messages, Runner):
         def on_losses(step, values, lr, seconds):  # a first stage: step's losses from every stage
             losses = {self.labels[r]: values[r] for r in self.loss_ranks}
             seen["stop"] = seen["stop"] or values[-1] > 0
-            if seen["bad"] is None and not finite(losses.values()):
+            if seen["bad"] is None and not finite(losses):
                 seen["bad"] = (step + 1, losses)
             if rank0:
                 record(step + 1, losses, lr, seconds)
@@ -386,9 +387,8 @@ class StageRunner(StageCheckpoints, Schedules, Messages, Runner):
             code = self.run_segment(decide, on_losses)
             if code == NOT_FINITE:
                 self.save()
-                bad = self._broadcast(seen["bad"])
-                raise UserError(f"the loss became {bad[1]} at step {bad[0]} (hint: lower the learning rate or raise "
-                                f"the temperature); checkpoint saved at step {self.step}")
+                step, losses = self._broadcast(seen["bad"])
+                raise not_finite(losses, step, f"checkpoint saved at step {self.step}")
             if code != CHECKPOINT:
                 return code == INTERRUPTED
             self.save()
