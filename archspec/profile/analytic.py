@@ -5,13 +5,20 @@ fast enough for design-space search. All counts are per image, forward pass.
 
 Cost of each op class, in multiply-accumulates (MACs; FLOPs = 2 x MACs), see docs/profile.md:
 
-    conv    Cout * Hout * Wout * (Cin / groups) * k * k        (no bias: convs here have none)
-    fc      in_features * out_features                         (bias not counted)
-    bn      1 per element (the per-channel scale and shift)
-    relu    1 per element
-    add     1 per element (residual additions)
-    pool    k * k per output element (max pool); 1 per input element (global average pool)
-    interp  4 per output element (bilinear: a weighted sum of 4 neighbours)
+    conv     Cout * Hout * Wout * (Cin / groups) * k * k   (depthwise convs too; the bias is 'bias')
+    fc       in_features * out_features                    (the bias is 'bias')
+    bias     1 per output element of a conv or fc that has a bias
+    bn       1 per element (batch norm's per-channel scale and shift)
+    norm     1 per element (layer norm, group norm, instance norm)
+    relu     1 per element (ReLU)
+    act      1 per element (every other activation: ReLU6, LeakyReLU, GELU, SiLU, Hardswish,
+             Sigmoid, Tanh, ...)
+    add      1 per element (residual additions)
+    mul      1 per element (elementwise products: squeeze-excitation's gating)
+    pool     k * k per output element (max and average pools with a window); 1 per input element
+             (global and adaptive pools)
+    interp   4 per output element (bilinear: a weighted sum of 4 neighbours)
+    dropout  1 per element (the mask's product; training mode only)
 """
 from __future__ import annotations
 
@@ -20,7 +27,8 @@ from dataclasses import dataclass, field
 from archspec.spec.schema import RESIDUAL_KINDS, BlockGroup, Spec
 from archspec.spec.validate import conv_out, infer_shapes
 
-OP_CLASSES = ("conv", "fc", "bn", "relu", "add", "pool", "interp")
+# The op classes every count is broken down by, in the order tables show them.
+OP_CLASSES = ("conv", "fc", "bias", "bn", "norm", "relu", "act", "add", "mul", "pool", "interp", "dropout")
 
 
 def conv_bn_params(cin: int, kernel: int, cout: int, groups: int = 1) -> int:
@@ -91,6 +99,7 @@ def stage_counts(spec: Spec) -> dict[str, StageCounts]:
     if spec.head.fc:
         head.params = c * spec.head.fc + spec.head.fc
         head.macs["fc"] = c * spec.head.fc
+        head.macs["bias"] = spec.head.fc
     head.output_elems = spec.head.fc or c
     out["head"] = head
     return out
