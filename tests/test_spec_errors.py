@@ -53,7 +53,7 @@ def test_small_spec_is_valid():
     (("stages:", "stages: : :"), "stages:", r"malformed YAML"),
     # unknown keys, with a did-you-mean hint
     (("    output_size: 8x8", "    output_sise: 8x8"), "output_sise", r"unknown key 'output_sise' in stage.*did you mean 'output_size'"),
-    (("  pool: avg", "  pool: avg\n  dropout: 0.5"), "dropout", r"unknown key 'dropout' in head"),
+    (("  pool: avg", "  pool: avg\n  dropuot: 0.5"), "dropuot", r"unknown key 'dropuot' in head.*did you mean 'dropout'"),
     (("name: small", "name: small\nwidth: 2"), "width", r"unknown key 'width' in the spec"),
     # unknown block kinds
     (("basic [3x3, 16; 3x3, 16] x2", "basik [3x3, 16; 3x3, 16] x2"), "basik", r"unknown block kind 'basik'.*did you mean 'basic'"),

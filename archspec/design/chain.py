@@ -5,11 +5,12 @@ The chain:
 
 - every residual block is one link: each repeat of a block group is its own block, labelled
   ``STAGE.N`` as in the compiled module (``res3.2`` is ``net.res3.block2``);
-- a stage's downsampling (max pool, bilinear resize) belongs to the block that follows it, and a
+- a stage's downsampling (max or average pool, bilinear resize) belongs to the block that follows it, and a
   strided conv lives in its block anyway: a cut never separates a resize from what it feeds;
 - the stem (the leading stages made only of ``conv`` blocks, such as ``conv1``) is folded into the
   first block after it, as local learning folds it into the first stage (``conv1+res2.1``): the
-  first link cannot be cut;
+  first link cannot be cut; a network without residual blocks (VGG) has no stem: each repeat of
+  each conv block is a link (write ``conv [3x3, 64] x2`` to make every conv its own link);
 - the head (global pool, fc) is not part of the chain.
 
 Costs per block (all integers): ``params``; ``macs`` (forward multiply-accumulates per image of
@@ -32,10 +33,12 @@ import string
 from collections import OrderedDict
 from dataclasses import dataclass, replace
 
-from archspec.profile.analytic import StageCounts, _block
+from archspec.profile.analytic import StageCounts, _block, pool_macs
 from archspec.profile.table6 import TABLE6_OPS
-from archspec.spec.schema import BlockGroup, Conv, Downsample, Spec, Stage
-from archspec.spec.validate import conv_out, infer_shapes
+from archspec.spec.schema import POOL_DOWNSAMPLES, BlockGroup, Conv, Downsample, Spec, Stage
+from archspec.spec.validate import conv_out, infer_shapes, pool_out
+
+ENTRY_KINDS = POOL_DOWNSAMPLES + ("bilinear",)  # downsampling that runs before a stage's first block
 
 
 @dataclass(frozen=True)
@@ -47,13 +50,13 @@ class Piece:
     repeat: int
     number: int  # 1-based block number in its stage (the module ``blockN``)
     label: str  # 'res3.2'
-    downsample: str  # 'maxpool' / 'bilinear' when the stage's downsampling comes before it, else 'none'
+    downsample: str  # 'maxpool' / 'avgpool' / 'bilinear' when the stage's downsampling comes before it, else 'none'
     strided: bool  # a conv of this block has a stride
 
     @property
     def modules(self) -> tuple[str, ...]:
         """Children of the compiled stage that this piece runs, in order."""
-        pre = {"maxpool": ("pool",), "bilinear": ("resize",)}.get(self.downsample, ())
+        pre = {"maxpool": ("pool",), "avgpool": ("pool",), "bilinear": ("resize",)}.get(self.downsample, ())
         return pre + (f"block{self.number}",)
 
 
@@ -109,8 +112,9 @@ class Chain:
 def build_chain(spec: Spec) -> Chain:
     """The chain of ``spec`` with the analytic costs of every block (no torch)."""
     shapes = infer_shapes(spec)
+    plain = not spec.has_residual_blocks  # no residual blocks (VGG): every conv block is a link, no stem
     stem_count = 0
-    for stage in spec.stages[:-1]:
+    for stage in spec.stages[:-1] if not plain else ():
         if all(g.kind == "conv" for g in stage.blocks):
             stem_count += 1
         else:
@@ -122,14 +126,13 @@ def build_chain(spec: Spec) -> Chain:
         for gi, group in enumerate(stage.blocks):
             for rep in range(group.repeat):
                 number += 1
-                counts = StageCounts(stage.name)
+                counts = StageCounts(stage.name, plain=plain)
                 in_shape = (c, h, w)
-                ds = stage.downsample.kind if number == 1 and stage.downsample.kind in ("maxpool", "bilinear") \
-                    else "none"
-                if ds == "maxpool":
-                    k, s = stage.downsample.kernel, stage.downsample.stride
-                    h, w = conv_out(h, k, s), conv_out(w, k, s)
-                    counts.macs["pool"] += c * h * w * k * k
+                ds = stage.downsample.kind if number == 1 and stage.downsample.kind in ENTRY_KINDS else "none"
+                if ds in POOL_DOWNSAMPLES:
+                    h, w = pool_out(h, stage.downsample.kernel, stage.downsample.stride), \
+                        pool_out(w, stage.downsample.kernel, stage.downsample.stride)
+                    counts.macs["pool"] += pool_macs(stage.downsample, c, h, w)
                 elif ds == "bilinear":
                     h, w = stage.output_size
                     counts.macs["interp"] += 4 * c * h * w
@@ -290,7 +293,7 @@ def split_spec(chain: Chain, cuts, *, name: str | None = None, title: str | None
         if parts and parts[-1][0] == k:
             current = parts[-1][1]
             entry = current[0].downsample
-            if p.downsample in ("maxpool", "bilinear") or (p.strided and entry in ("maxpool", "bilinear")):
+            if p.downsample in ENTRY_KINDS or (p.strided and entry in ENTRY_KINDS):
                 parts.append((k, [p]))
             else:
                 current.append(p)
@@ -309,9 +312,9 @@ def split_spec(chain: Chain, cuts, *, name: str | None = None, title: str | None
         stage_name = f"{prefix}{k + 1}" + (_letters(idx) if counts[k] > 1 else "")
         first = plist[0]
         orig = spec.stages[first.stage]
-        if first.downsample == "maxpool":
+        if first.downsample in POOL_DOWNSAMPLES:
             ds = orig.downsample
-            h, w = conv_out(h, ds.kernel, ds.stride), conv_out(w, ds.kernel, ds.stride)
+            h, w = pool_out(h, ds.kernel, ds.stride), pool_out(w, ds.kernel, ds.stride)
         elif first.downsample == "bilinear":
             ds = Downsample("bilinear")
             h, w = orig.output_size
@@ -325,7 +328,7 @@ def split_spec(chain: Chain, cuts, *, name: str | None = None, title: str | None
             if run and (p is None or (p.stage, p.group) != (run[0].stage, run[0].group)):
                 group = spec.stages[run[0].stage].blocks[run[0].group]
                 convs = group.convs if run[0].repeat == 0 else _unstrided(group.convs)
-                groups.append(BlockGroup(group.kind, convs, len(run)))
+                groups.append(replace(group, convs=convs, repeat=len(run)))
                 run = []
             if p is not None:
                 run.append(p)

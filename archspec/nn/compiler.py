@@ -10,8 +10,8 @@ from torch import nn
 
 from archspec.errors import SpecError
 from archspec.nn.blocks import PoolHead, block_module, downsample_module
-from archspec.spec.schema import Spec, Stage
-from archspec.spec.validate import conv_out, infer_shapes
+from archspec.spec.schema import POOL_DOWNSAMPLES, Spec, Stage
+from archspec.spec.validate import conv_out, infer_shapes, pool_out
 
 
 def build_stage(stage: Stage, in_shape: tuple[int, int, int]) -> nn.Sequential:
@@ -24,16 +24,16 @@ def build_stage(stage: Stage, in_shape: tuple[int, int, int]) -> nn.Sequential:
     ds = stage.downsample
     down = downsample_module(ds, stage.output_size)
     if down is not None:
-        layers["pool" if ds.kind == "maxpool" else "resize"] = down
-    if ds.kind == "maxpool":
-        h, w = conv_out(h, ds.kernel, ds.stride), conv_out(w, ds.kernel, ds.stride)
+        layers["resize" if ds.kind == "bilinear" else "pool"] = down
+    if ds.kind in POOL_DOWNSAMPLES:
+        h, w = pool_out(h, ds.kernel, ds.stride), pool_out(w, ds.kernel, ds.stride)
     elif ds.kind == "bilinear":
         h, w = stage.output_size
     n = 0
     for group in stage.blocks:
         for rep in range(group.repeat):
             n += 1
-            layers[f"block{n}"] = block_module(group.kind, cin, group.convs, first=rep == 0, size=(h, w))
+            layers[f"block{n}"] = block_module(group, cin, first=rep == 0, size=(h, w))
             cin = group.out_channels
             if rep == 0:  # strides act in the first block of a group only
                 for conv in group.convs:

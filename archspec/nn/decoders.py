@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from archspec.nn.blocks import ResidualBlock
-from archspec.spec.schema import Conv
+from archspec.spec.schema import BlockGroup, Conv
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class Decoder(nn.Module):
         if config.block:
             width = max(1, int(channels * config.width_ratio))
             convs = (Conv(1, width), Conv(3, width, stride=2), Conv(1, channels))
-            self.block = ResidualBlock(channels, convs, first=True)
+            self.block = ResidualBlock(channels, BlockGroup("bottleneck", convs), first=True)
         else:
             self.block = nn.Identity()
         self.pool = nn.AdaptiveAvgPool2d(1)

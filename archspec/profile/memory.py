@@ -17,12 +17,14 @@ METHODS = ("simclr", "gim", "loco")
 def local_stages(spec: Spec) -> list[list[str]]:
     """Stages as local learning groups them (one local loss and one pipeline worker each):
     consecutive stages with the same ``local_stage`` label form one; otherwise leading
-    all-``conv`` stages (the stem) join the next stage, and every other stage is its own."""
+    all-``conv`` stages (the stem) join the next stage, and every other stage is its own. A
+    network without residual blocks (VGG) has no stem to fold: every stage is its own."""
     default: list[list[str]] = []
     pending: list[str] = []
+    plain = not spec.has_residual_blocks
     for stage in spec.stages:
         pending.append(stage.name)
-        stem = all(g.kind == "conv" for g in stage.blocks) and not default
+        stem = not plain and all(g.kind == "conv" for g in stage.blocks) and not default
         if not stem or stage is spec.stages[-1]:
             default.append(pending)
             pending = []

@@ -1,6 +1,7 @@
 """Load a spec from YAML into a validated Spec, with file:line in every error."""
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from pathlib import Path
 
@@ -8,16 +9,17 @@ import yaml
 
 from archspec.errors import SpecError
 from archspec.spec import notation
-from archspec.spec.schema import BlockGroup, Conv, Downsample, Head, Spec, Stage
+from archspec.spec.schema import (ACTIVATIONS, POOL_DOWNSAMPLES, SHORTCUT_KINDS, BlockGroup, Conv, Downsample,
+                                  Head, Spec, Stage)
 from archspec.spec.validate import infer_shapes
 
 TOP_KEYS = ("name", "title", "notes", "input", "stages", "head")
 INPUT_KEYS = ("channels", "size")
 STAGE_KEYS = ("name", "output_size", "downsample", "blocks", "channels", "local_stage")
-BLOCK_KEYS = ("kind", "convs", "repeat")
-CONV_KEYS = ("kernel", "channels", "groups", "stride")
+BLOCK_KEYS = ("kind", "convs", "repeat", "activation", "se", "shortcut")
+CONV_KEYS = ("kernel", "channels", "groups", "stride", "bias")
 DOWNSAMPLE_KEYS = ("kind", "kernel", "stride")
-HEAD_KEYS = ("pool", "fc", "features")
+HEAD_KEYS = ("pool", "pool_size", "fc", "dropout", "activation", "downsample", "features")
 
 
 def _compose(text: str, source: str):
@@ -127,10 +129,16 @@ class _Builder:
             kernel = data["kernel"]
             kernel = self.at(path + ("kernel",), notation.parse_kernel, str(kernel)) if not isinstance(kernel, bool) \
                 else self.at(path + ("kernel",), notation.positive_int, kernel, "kernel")
-            return Conv(kernel=kernel,
-                        channels=self.at(path + ("channels",), notation.positive_int, data["channels"], "channels"),
-                        groups=self.at(path + ("groups",), notation.positive_int, data.get("groups", 1), "groups"),
-                        stride=self.at(path + ("stride",), notation.positive_int, data.get("stride", 1), "stride"))
+            channels = self.at(path + ("channels",), notation.positive_int, data["channels"], "channels")
+            groups = data.get("groups", 1)
+            groups = channels if groups in ("dw", "depthwise") else \
+                self.at(path + ("groups",), notation.positive_int, groups, "groups")
+            bias = data.get("bias", False)
+            if not isinstance(bias, bool):
+                raise SpecError(f"'bias' must be true or false, got {bias!r}", path=path + ("bias",))
+            return Conv(kernel=kernel, channels=channels, groups=groups,
+                        stride=self.at(path + ("stride",), notation.positive_int, data.get("stride", 1), "stride"),
+                        bias=bias)
         return self.at(path, notation.parse_conv, data)
 
     def block(self, data, path) -> BlockGroup:
@@ -143,24 +151,37 @@ class _Builder:
                                 hint="e.g. convs: ['3x3, 64', '3x3, 64']")
             repeat = self.at(path + ("repeat",), notation.positive_int, data.get("repeat", 1), "repeat count")
             conv_items = [(item, path + ("convs", i)) for i, item in enumerate(convs)]
+            options = {k: (data[k], path + (k,)) for k in ("activation", "se", "shortcut") if k in data}
         else:
-            kind, texts, repeat = self.at(path, notation.parse_block_text, data)
+            kind, texts, repeat, opts = self.at(path, notation.parse_block_text, data)
             conv_items = [(t, path) for t in texts]
-        return BlockGroup(kind=kind, convs=tuple(self.conv(item, p) for item, p in conv_items), repeat=repeat)
+            options = {k: (v, path) for k, v in opts.items()}
+        extra = {}
+        if "activation" in options:
+            value, at = options["activation"]
+            extra["activation"] = self.at(at, notation.check_kind, value, ACTIVATIONS, "activation")
+        if "se" in options:
+            value, at = options["se"]
+            extra["se"] = self.at(at, notation.check_se, value)
+        if "shortcut" in options:
+            value, at = options["shortcut"]
+            extra["shortcut"] = self.at(at, notation.check_kind, value, SHORTCUT_KINDS, "shortcut")
+        return BlockGroup(kind=kind, convs=tuple(self.conv(item, p) for item, p in conv_items), repeat=repeat,
+                          **extra)
 
     def downsample(self, data, path) -> Downsample:
         if isinstance(data, dict):
             self.mapping(data, path, DOWNSAMPLE_KEYS, ("kind",), "downsample")
             kind = self.at(path + ("kind",), notation.check_kind, data["kind"], notation.DOWNSAMPLE_KINDS,
                            "downsample")
-            if kind != "maxpool" and ("kernel" in data or "stride" in data) and kind != "strided_conv":
+            if kind not in POOL_DOWNSAMPLES and ("kernel" in data or "stride" in data) and kind != "strided_conv":
                 raise SpecError(f"'{kind}' takes no kernel or stride", path=path, hint="remove them")
             if kind == "strided_conv" and "kernel" in data:
                 raise SpecError("a strided conv's kernel is the conv's own", path=path + ("kernel",),
                                 hint="remove 'kernel'")
             kernel = data.get("kernel", 3)
-            kernel = self.at(path + ("kernel",), notation.parse_kernel, str(kernel)) if not isinstance(kernel, bool) \
-                else self.at(path + ("kernel",), notation.positive_int, kernel, "kernel")
+            kernel = self.at(path + ("kernel",), notation.parse_kernel, str(kernel), True) \
+                if not isinstance(kernel, bool) else self.at(path + ("kernel",), notation.positive_int, kernel, "kernel")
             stride = self.at(path + ("stride",), notation.positive_int, data.get("stride", 2), "stride")
             return Downsample(kind=kind, kernel=kernel, stride=stride)
         return self.at(path, notation.parse_downsample_text, data)
@@ -190,7 +211,7 @@ class _Builder:
         if ds.kind == "strided_conv":
             groups = _place_stride(groups, ds.stride)
             ds = Downsample("strided_conv")
-        elif ds.kind != "maxpool":
+        elif ds.kind not in POOL_DOWNSAMPLES:
             ds = Downsample(ds.kind)
         channels = data.get("channels")
         if channels is not None:
@@ -209,12 +230,38 @@ class _Builder:
         self.mapping(data, path, HEAD_KEYS, (), "head")
         pool = self.at(path + ("pool",), notation.check_kind, data.get("pool", "avg"), ("avg", "max"), "head pool")
         fc = data.get("fc", 1000)
-        if fc is not None and fc is not False:
+        hidden: tuple = ()
+        if isinstance(fc, list):  # [hidden, ..., classifier]
+            if not fc:
+                raise SpecError("'fc' is an empty list", path=path + ("fc",),
+                                hint="give the fc layers' sizes, e.g. fc: [4096, 4096, 1000], or fc: false")
+            sizes = tuple(self.at(path + ("fc",), notation.positive_int, v, "fc size") for v in fc)
+            hidden, fc = sizes[:-1], sizes[-1]
+        elif fc is not None and fc is not False:
             fc = self.at(path + ("fc",), notation.positive_int, fc, "fc size")
+        layers = len(hidden) + (1 if fc else 0)
+        dropout = data.get("dropout", 0)
+        probs = dropout if isinstance(dropout, list) else [dropout] * layers
+        if isinstance(dropout, list) and len(probs) != layers:
+            raise SpecError(f"'dropout' has {len(probs)} values for {layers} fc layers", path=path + ("dropout",),
+                            hint="give one probability per fc layer (0: none), or one number for all")
+        for p in probs:
+            if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
+                raise SpecError(f"dropout must be a probability in [0, 1), got {p!r}", path=path + ("dropout",),
+                                hint="e.g. dropout: 0.5")
+        activation = self.at(path + ("activation",), notation.check_kind, data.get("activation", "relu"),
+                             ACTIVATIONS, "activation")
+        pool_size = self.at(path + ("pool_size",), notation.positive_int, data.get("pool_size", 1), "pool size")
+        ds = self.downsample(data["downsample"], path + ("downsample",)) if "downsample" in data else Downsample()
+        if ds.kind not in ("none",) + POOL_DOWNSAMPLES:
+            raise SpecError(f"the head's downsample must be a pool or none, got '{ds.kind}'",
+                            path=path + ("downsample",), hint="e.g. downsample: maxpool 2x2, stride 2")
         features = data.get("features")
         if features is not None:
             features = self.at(path + ("features",), notation.positive_int, features, "features")
-        return Head(pool=pool, fc=None if fc is False else fc, features=features)
+        return Head(pool=pool, fc=None if fc is False else fc, features=features, pool_size=pool_size,
+                    hidden=hidden, dropout=tuple(float(p) for p in probs) if any(probs) else (),
+                    activation=activation, downsample=ds)
 
     def spec(self, data, default_name: str) -> Spec:
         self.mapping(data, (), TOP_KEYS, ("stages",), "the spec")
@@ -246,8 +293,8 @@ def _place_stride(groups: list[BlockGroup], stride: int) -> list[BlockGroup]:
     first = groups[0]
     at = next((i for i, c in enumerate(first.convs) if c.kernel > 1), 0)
     convs = list(first.convs)
-    convs[at] = Conv(convs[at].kernel, convs[at].channels, convs[at].groups, stride)
-    return [BlockGroup(first.kind, tuple(convs), first.repeat)] + groups[1:]
+    convs[at] = dataclasses.replace(convs[at], stride=stride)
+    return [dataclasses.replace(first, convs=tuple(convs))] + groups[1:]
 
 
 def _kind(value) -> str:

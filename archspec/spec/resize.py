@@ -5,8 +5,8 @@ import dataclasses
 
 from archspec.errors import SpecError
 from archspec.spec.notation import format_size
-from archspec.spec.schema import Spec
-from archspec.spec.validate import conv_out
+from archspec.spec.schema import POOL_DOWNSAMPLES, Spec
+from archspec.spec.validate import conv_out, pool_out
 
 
 def at_input_size(spec: Spec, size: tuple[int, int]) -> Spec:
@@ -19,8 +19,8 @@ def at_input_size(spec: Spec, size: tuple[int, int]) -> Spec:
     stages = []
     for stage in spec.stages:
         ds = stage.downsample
-        if ds.kind == "maxpool":
-            h, w = conv_out(h, ds.kernel, ds.stride), conv_out(w, ds.kernel, ds.stride)
+        if ds.kind in POOL_DOWNSAMPLES:
+            h, w = pool_out(h, ds.kernel, ds.stride), pool_out(w, ds.kernel, ds.stride)
         elif ds.kind == "bilinear":
             h = max(1, round(stage.output_size[0] * size[0] / spec.input_size[0]))
             w = max(1, round(stage.output_size[1] * size[1] / spec.input_size[1]))

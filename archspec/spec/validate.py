@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 from archspec.errors import SpecError
 from archspec.spec.notation import format_size
-from archspec.spec.schema import (BLOCK_KINDS, CONVS_PER_BLOCK, DOWNSAMPLE_KINDS, POOL_KINDS,
-                                  Spec)
+from archspec.spec.schema import (ACTIVATIONS, BLOCK_KINDS, CONVS_PER_BLOCK, DOWNSAMPLE_KINDS, POOL_DOWNSAMPLES,
+                                  POOL_KINDS, SHORTCUT_KINDS, BlockGroup, Spec)
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 RESERVED_NAMES = ("head",)
@@ -48,6 +48,12 @@ class StageShape:
 def conv_out(size: int, kernel: int, stride: int) -> int:
     """Output length of a 'same'-padded conv or pool (padding kernel // 2)."""
     return (size + 2 * (kernel // 2) - kernel) // stride + 1
+
+
+def pool_out(size: int, kernel: int, stride: int) -> int:
+    """Output length of a pool with padding (kernel - 1) // 2 (odd kernels: 'same' as a conv;
+    2x2 stride 2 halves an even size)."""
+    return (size + 2 * ((kernel - 1) // 2) - kernel) // stride + 1
 
 
 def _positive(value, what: str, path: tuple, label: str) -> None:
@@ -105,10 +111,8 @@ def infer_shapes(spec: Spec) -> list[StageShape]:
             raise SpecError(f"unknown downsample '{ds.kind}'", what=what, path=spath + ("downsample",),
                             hint=f"use one of: {', '.join(DOWNSAMPLE_KINDS)}")
         strided = any(conv.stride > 1 for g in stage.blocks for conv in g.convs)
-        if ds.kind == "maxpool":
-            _positive(ds.kernel, what, spath + ("downsample",), "max pool kernel")
-            _positive(ds.stride, what, spath + ("downsample",), "max pool stride")
-            h, w = conv_out(h, ds.kernel, ds.stride), conv_out(w, ds.kernel, ds.stride)
+        if ds.kind in POOL_DOWNSAMPLES:
+            h, w = _pool(ds, h, w, what, spath + ("downsample",))
         elif ds.kind == "bilinear":
             th, tw = stage.output_size
             if th > h or tw > w:
@@ -132,10 +136,13 @@ def infer_shapes(spec: Spec) -> list[StageShape]:
                                 hint=f"use one of: {', '.join(BLOCK_KINDS)}")
             _positive(group.repeat, bwhat, bpath + ("repeat",), "repeat count")
             need = CONVS_PER_BLOCK[group.kind]
-            if not group.convs or (need is not None and len(group.convs) != need):
-                raise SpecError(f"a {group.kind} block has {need or 'at least 1'} convs, this one has "
+            if not group.convs or (need is not None and len(group.convs) not in need):
+                count = " or ".join(map(str, need)) if need else "at least 1"
+                raise SpecError(f"a {group.kind} block has {count} convs, this one has "
                                 f"{len(group.convs)}", what=bwhat, path=bpath + ("convs",),
-                                hint="basic: [3x3; 3x3], bottleneck: [1x1; 3x3; 1x1]")
+                                hint="basic: [3x3; 3x3], bottleneck: [1x1; 3x3; 1x1], "
+                                     "inverted: [1x1; 3x3, dw; 1x1] or [3x3, dw; 1x1]")
+            _check_options(group, bwhat, bpath)
             for rep in range(group.repeat if group.repeat <= 2 else 2):  # repeats >1 all look alike
                 cin = c
                 for ki, conv in enumerate(group.convs):
@@ -143,6 +150,8 @@ def infer_shapes(spec: Spec) -> list[StageShape]:
                     cwhat = f"{bwhat} conv {ki + 1}"
                     for label in ("kernel", "channels", "groups", "stride"):
                         _positive(getattr(conv, label), cwhat, cpath, label)
+                    if group.kind == "inverted":
+                        _check_inverted(group, ki, cin, cwhat, cpath)
                     if conv.kernel % 2 == 0:
                         raise SpecError(f"kernel {conv.kernel}x{conv.kernel} has an even size", what=cwhat,
                                         path=cpath, hint="use an odd kernel (1x1, 3x3, 5x5, 7x7)")
@@ -158,6 +167,9 @@ def infer_shapes(spec: Spec) -> list[StageShape]:
                         raise SpecError("the feature map shrinks to nothing", what=cwhat, path=cpath,
                                         hint="use fewer strides or a larger input")
                     cin = conv.channels
+                if group.kind in ("basic", "bottleneck") and group.shortcut == "pad" and cin < c:
+                    raise SpecError(f"a zero-pad shortcut cannot shrink {c} channels to {cin}", what=bwhat,
+                                    path=bpath, hint="use the default projection shortcut, or widen the block")
                 c = cin
 
         if (h, w) != tuple(stage.output_size):
@@ -177,13 +189,60 @@ def infer_shapes(spec: Spec) -> list[StageShape]:
     if head.pool not in POOL_KINDS:
         raise SpecError(f"unknown head pool '{head.pool}'", what="head", path=("head", "pool"),
                         hint=f"use one of: {', '.join(POOL_KINDS)}")
-    if head.fc is not None:
-        _positive(head.fc, "head", ("head", "fc"), "fc size")
-    if head.features is not None and head.features != c:
-        raise SpecError(f"declared features {head.features} but the last stage "
-                        f"'{spec.stages[-1].name}' gives {c} channels", what="head", path=("head", "features"),
-                        hint=f"declare features: {c}, or change the last stage's width")
+    if head.downsample.kind in POOL_DOWNSAMPLES:
+        h, w = _pool(head.downsample, h, w, "head", ("head", "downsample"))
+    elif head.downsample.kind != "none":
+        raise SpecError(f"the head's downsample must be a pool or none, got '{head.downsample.kind}'", what="head",
+                        path=("head", "downsample"), hint="e.g. downsample: maxpool 2x2, stride 2")
+    _positive(head.pool_size, "head", ("head", "pool_size"), "pool size")
+    for size in head.fc_layers:
+        _positive(size, "head", ("head", "fc"), "fc size")
+    if head.activation not in ACTIVATIONS:
+        raise SpecError(f"unknown activation '{head.activation}'", what="head", path=("head", "activation"),
+                        hint=f"use one of: {', '.join(ACTIVATIONS)}")
+    features = c * head.pool_size ** 2
+    if head.features is not None and head.features != features:
+        pooled = f" pooled to {head.pool_size}x{head.pool_size}" if head.pool_size != 1 else ""
+        raise SpecError(f"declared features {head.features} but the last stage '{spec.stages[-1].name}'{pooled} "
+                        f"gives {features}", what="head", path=("head", "features"),
+                        hint=f"declare features: {features}, or change the last stage's width")
     return shapes
+
+
+def _pool(ds, h: int, w: int, what: str, path: tuple) -> tuple[int, int]:
+    name = "max pool" if ds.kind == "maxpool" else "average pool"
+    _positive(ds.kernel, what, path, f"{name} kernel")
+    _positive(ds.stride, what, path, f"{name} stride")
+    h, w = pool_out(h, ds.kernel, ds.stride), pool_out(w, ds.kernel, ds.stride)
+    if h < 1 or w < 1:
+        raise SpecError(f"the {name} shrinks the feature map to nothing", what=what, path=path,
+                        hint="use a smaller pool kernel or a larger input")
+    return h, w
+
+
+def _check_options(group: BlockGroup, what: str, path: tuple) -> None:
+    if group.activation not in ACTIVATIONS:
+        raise SpecError(f"unknown activation '{group.activation}'", what=what, path=path,
+                        hint=f"use one of: {', '.join(ACTIVATIONS)}")
+    if group.shortcut not in SHORTCUT_KINDS:
+        raise SpecError(f"unknown shortcut '{group.shortcut}'", what=what, path=path,
+                        hint=f"use one of: {', '.join(SHORTCUT_KINDS)}")
+    if group.shortcut != "projection" and group.kind not in ("basic", "bottleneck"):
+        raise SpecError(f"a {group.kind} block has no shortcut to choose", what=what, path=path,
+                        hint="'shortcut: pad' is for basic and bottleneck blocks")
+    if group.se is not None and not (isinstance(group.se, (int, float)) and 0 < group.se <= 1):
+        raise SpecError(f"se must be a ratio in (0, 1], got {group.se!r}", what=what, path=path, hint="e.g. se: 0.25")
+
+
+def _check_inverted(group: BlockGroup, index: int, cin: int, what: str, path: tuple) -> None:
+    """[expand 1x1;] depthwise kxk (groups = channels = what enters it); linear 1x1."""
+    conv, n = group.convs[index], len(group.convs)
+    if index == n - 2 and not (conv.groups == conv.channels == cin):
+        raise SpecError("the second-last conv of an inverted block must be depthwise, with as many channels "
+                        f"as enter it ({cin})", what=what, path=path, hint=f"write it as 'KxK, {cin}, dw'")
+    if index != n - 2 and conv.kernel != 1:
+        raise SpecError(f"an inverted block's expansion and projection convs are 1x1, this one is "
+                        f"{conv.kernel}x{conv.kernel}", what=what, path=path, hint="make it 1x1")
 
 
 def _divisors_hint(n: int) -> str:

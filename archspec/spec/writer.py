@@ -44,9 +44,20 @@ def to_data(spec: Spec) -> dict:
             entry["local_stage"] = stage.local_stage
         stages.append(entry)
     data["stages"] = stages
-    head = {"pool": spec.head.pool, "fc": spec.head.fc}
-    if spec.head.features is not None:
-        head["features"] = spec.head.features
+    h = spec.head
+    head: dict = {}
+    if h.downsample.kind != "none":
+        head["downsample"] = format_downsample(h.downsample)
+    head["pool"] = h.pool
+    if h.pool_size != 1:
+        head["pool_size"] = h.pool_size
+    head["fc"] = list(h.fc_layers) if h.hidden else h.fc
+    if h.dropout:
+        head["dropout"] = list(h.dropout)
+    if h.activation != "relu":
+        head["activation"] = h.activation
+    if h.features is not None:
+        head["features"] = h.features
     data["head"] = head
     return data
 
