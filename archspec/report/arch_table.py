@@ -26,8 +26,8 @@ import re
 from dataclasses import dataclass
 
 from archspec.errors import UserError
-from archspec.spec.notation import format_conv
-from archspec.spec.schema import Conv, Spec
+from archspec.spec.notation import block_options, format_conv
+from archspec.spec.schema import POOL_DOWNSAMPLES, Conv, Spec
 
 FORMATS = ("md", "tex")
 MISSING = {"md": "-", "tex": "--"}
@@ -51,27 +51,43 @@ class Bracket:
     convs: tuple[Conv, ...]
     repeat: int
     residual: bool = True
+    options: tuple[str, ...] = ()  # after the repeat: 'inverted', an activation, 'se 0.25', 'shortcut pad'
 
 
 def _stage_lines(stage) -> list:
     lines: list = []
     ds = stage.downsample
-    if ds.kind == "maxpool":
-        lines.append(Text(f"{ds.kernel}x{ds.kernel} max pool, stride {ds.stride}"))
+    if ds.kind in POOL_DOWNSAMPLES:
+        lines.append(Text(_pool_text(ds)))
     elif ds.kind == "bilinear":
         h, w = stage.output_size
         lines.append(Text(f"bilinear to {h}x{w}"))
     for group in stage.blocks:
-        if group.kind == "conv" and group.repeat == 1:
+        options = (("inverted",) if group.kind == "inverted" else ()) + tuple(block_options(group))
+        if group.kind == "conv" and group.repeat == 1 and not options:
             lines.extend(Text(format_conv(c, "x"), conv=c) for c in group.convs)
         else:
-            lines.append(Bracket(tuple(group.convs), group.repeat, residual=group.kind != "conv"))
+            lines.append(Bracket(tuple(group.convs), group.repeat, residual=group.kind != "conv", options=options))
     return lines
 
 
+def _pool_text(ds) -> str:
+    return f"{ds.kernel}x{ds.kernel} {'max' if ds.kind == 'maxpool' else 'avg'} pool, stride {ds.stride}"
+
+
 def _head_lines(spec: Spec) -> list:
-    lines = [Text(f"{POOL_NAMES.get(spec.head.pool, spec.head.pool)}, {spec.features}-d")]
-    lines.append(Text(f"{spec.head.fc}-d fc" if spec.head.fc else "no fc (the representation is the output)"))
+    head = spec.head
+    lines = [Text(_pool_text(head.downsample))] if head.downsample.kind in POOL_DOWNSAMPLES else []
+    pool = POOL_NAMES.get(head.pool, head.pool)
+    if head.pool_size != 1:
+        pool = f"{head.pool} pool to {head.pool_size}x{head.pool_size}"
+    lines.append(Text(f"{pool}, {spec.features}-d"))
+    if not head.fc_layers:
+        lines.append(Text("no fc (the representation is the output)"))
+    for i, size in enumerate(head.fc_layers):
+        drop = f"dropout {head.dropout_before(i):g}, " if head.dropout_before(i) else ""
+        act = f", {head.activation}" if i < len(head.hidden) else ""
+        lines.append(Text(f"{drop}{size}-d fc{act}"))
     return lines
 
 
@@ -153,7 +169,32 @@ def caption_text(specs: list[Spec], times: str = "x") -> str:
             f"block, when it differs, has its own line. 'bilinear to HxW': bilinear interpolation at the stage's "
             f"start. Params: all weights, batch norm and the fc bias included. MACs: multiply-accumulates of "
             f"conv and fc layers per image, forward pass (G = 10^9; FLOPs = 2 x MACs); batch norm, ReLU, "
-            f"pooling, additions and interpolation not counted.")
+            f"pooling, additions and interpolation not counted." + _option_notes(specs))
+
+
+def _option_notes(specs: list[Spec]) -> str:
+    """One sentence per option the specs use beyond ResNet's (none for ResNets)."""
+    groups = [g for s in specs for st in s.stages for g in st.blocks]
+    convs = [c for g in groups for c in g.convs]
+    notes = []
+    if any(g.kind == "conv" and g.repeat * len(g.convs) > 1 or g.kind == "conv" and block_options(g) for g in groups):
+        notes.append("Parentheses: plain conv-BN-activation layers, no shortcut.")
+    if any(g.kind == "inverted" for g in groups):
+        notes.append("'inverted': MobileNetV2's inverted residual (expansion 1x1, depthwise, linear 1x1 projection; "
+                     "the input is added only where the block keeps its shape, with no activation after it).")
+    if any(c.depthwise for c in convs):
+        notes.append("'dw': depthwise (as many groups as channels).")
+    if any(c.bias for c in convs):
+        notes.append("'bias': the conv has a bias.")
+    acts = sorted({g.activation for g in groups} - {"relu"})
+    if acts:
+        notes.append(f"An activation after a bracket ({', '.join(acts)}) replaces ReLU in that block.")
+    if any(g.se is not None for g in groups):
+        notes.append("'se R': squeeze-excitation (global pool, 1x1 conv to R x channels, ReLU, 1x1 conv back, "
+                     "sigmoid, product) after the depthwise conv (inverted) or the last conv.")
+    if any(g.shortcut == "pad" for g in groups):
+        notes.append("'shortcut pad': option A, the shortcut subsamples and appends zero channels (no parameters).")
+    return "".join(" " + n for n in notes)
 
 
 # -- markdown -----------------------------------------------------------------------------------
@@ -172,7 +213,7 @@ def _md_line(line) -> str:
         return line.text
     inner = " · ".join(format_conv(c, "x") for c in line.convs)
     left, right = ("[", "]") if line.residual else ("(", ")")
-    return f"{left}{inner}{right} ×{line.repeat}"
+    return f"{left}{inner}{right} ×{line.repeat}" + "".join(f", {o}" for o in line.options)
 
 
 def md_cell(lines) -> str:
@@ -248,7 +289,8 @@ def _tex_line(line) -> str:
         return _tex_text(line)
     inner = r" \\ ".join(r"\text{" + format_conv(c, r"$\times$") + "}" for c in line.convs)
     left, right = (r"\left[", r"\right]") if line.residual else (r"\left(", r"\right)")
-    return f"{left}\\begin{{array}}{{l}} {inner} \\end{{array}}{right}\\times {line.repeat}"
+    options = "".join(r",\ \text{" + tex_escape(o) + "}" for o in line.options)
+    return f"{left}\\begin{{array}}{{l}} {inner} \\end{{array}}{right}\\times {line.repeat}{options}"
 
 
 def tex_cell(lines) -> str:
@@ -275,7 +317,8 @@ def _tex_caption(specs: list[Spec]) -> str:
             r"own line. `bilinear to $H\times W$': bilinear interpolation at the stage's start. Params: all "
             r"weights, batch norm and the fc bias included. MACs: multiply-accumulates of conv and fc layers per "
             r"image, forward pass (G${}=10^9$; FLOPs${}=2\times{}$MACs); batch norm, ReLU, pooling, additions and "
-            r"interpolation not counted.")
+            r"interpolation not counted." + (" " if _option_notes(specs) else "") + re.sub(r"(\d+)x(\d+)|R x ", lambda m: f"{m.group(1)}$\\times${m.group(2)}"
+                                                    if m.group(1) else r"R$\times$", tex_escape(_option_notes(specs))))
 
 
 # Rough extent of the typeset table (\small, Computer Modern), to choose the standalone page.
@@ -289,7 +332,8 @@ _PAPERS = [(f"{name}paper", landscape, w, h) for name, (w, h) in
 def _tex_line_extent(line) -> tuple[float, float]:
     if isinstance(line, Text):
         return len(line.text) * _CHAR_PT, _LINE_PT
-    width = max(len(format_conv(c, "x")) for c in line.convs) * _CHAR_PT + 30
+    width = max(len(format_conv(c, "x")) for c in line.convs) * _CHAR_PT + 30 + \
+        sum(len(o) + 2 for o in line.options) * _CHAR_PT
     return width, len(line.convs) * _LINE_PT + 4
 
 
