@@ -31,7 +31,12 @@ def stage_table(spec: Spec) -> Table:
         table.add_row(stage.name, format_size(shape.out_shape[1:]), str(shape.out_shape[0]), "\n".join(lines),
                       f"{params[stage.name]:,}", f"{100 * params[stage.name] / total:.2f}%")
     head = spec.head
-    desc = f"global {head.pool} pool -> {spec.features}-d" + (f", {head.fc}-d fc" if head.fc else "")
+    pre = f"{format_downsample(head.downsample)}, " if head.downsample.kind != "none" else ""
+    pool = f"{head.pool} pool to {head.pool_size}x{head.pool_size}" if head.pool_size != 1 else f"global {head.pool} pool"
+    fcs = ", ".join(f"{n}-d fc" for n in head.fc_layers)
+    desc = f"{pre}{pool} -> {spec.features}-d" + (f", {fcs}" if fcs else "")
+    if head.dropout:
+        desc += f" (dropout {', '.join(f'{p:g}' for p in head.dropout)})"
     table.add_row("head", "1x1", str(head.fc or spec.features), desc, f"{params['head']:,}",
                   f"{100 * params['head'] / total:.2f}%", end_section=True)
     table.add_row("total", "", "", "", f"{total:,}", "100.00%", style="bold")

@@ -228,7 +228,7 @@ def _check_options(group: BlockGroup, what: str, path: tuple) -> None:
         raise SpecError(f"unknown shortcut '{group.shortcut}'", what=what, path=path,
                         hint=f"use one of: {', '.join(SHORTCUT_KINDS)}")
     if group.shortcut != "projection" and group.kind not in ("basic", "bottleneck"):
-        raise SpecError(f"a {group.kind} block has no shortcut to choose", what=what, path=path,
+        raise SpecError(f"{group.kind} blocks have no shortcut to choose", what=what, path=path,
                         hint="'shortcut: pad' is for basic and bottleneck blocks")
     if group.se is not None and not (isinstance(group.se, (int, float)) and 0 < group.se <= 1):
         raise SpecError(f"se must be a ratio in (0, 1], got {group.se!r}", what=what, path=path, hint="e.g. se: 0.25")
