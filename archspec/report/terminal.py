@@ -21,7 +21,7 @@ def stage_table(spec: Spec) -> Table:
     params = stage_params(spec)
     total = sum(params.values())
     table = Table(title=f"{spec.title or spec.name}: input {spec.input_channels}x{format_size(spec.input_size)}",
-                  caption="params: exact counts (conv weights, batch-norm weight and bias, fc weight and bias)")
+                  caption="params: exact counts (conv weights and biases, batch-norm weight and bias, fc weights and biases)")
     for col, just in (("stage", "left"), ("output", "right"), ("channels", "right"), ("block structure", "left"),
                       ("params", "right"), ("share", "right")):
         table.add_column(col, justify=just)
