@@ -27,12 +27,13 @@ from archspec.errors import SpecError
 from archspec.nn.compiler import check_shapes, compile_spec
 from archspec.profile.analytic import stage_params
 from archspec.spec import BlockGroup, Conv, Downsample, Head, Spec, Stage, dumps, infer_shapes, loads
-from archspec.spec.schema import BLOCK_KINDS, DOWNSAMPLE_KINDS, POOL_KINDS
-from archspec.spec.validate import conv_out
+from archspec.spec.schema import ACTIVATIONS, BLOCK_KINDS, DOWNSAMPLE_KINDS, POOL_DOWNSAMPLES, POOL_KINDS
+from archspec.spec.validate import conv_out, pool_out
 
 PRESNET50_TEXT = (Path(__file__).resolve().parents[1] / "specs" / "presnet50.yaml").read_text(encoding="utf-8")
 MAX_CHANNELS = 24
 KERNELS = (1, 3, 5)
+POOL_KERNELS = (1, 2, 3, 4, 5)
 ERROR_LINE = re.compile(r"^x\.yaml(:\d+)?: ")
 
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -44,10 +45,38 @@ def _divisors(n: int) -> list[int]:
 
 
 @st.composite
+def _options(draw, kind: str, cin: int, cout: int) -> dict:
+    """Block options beyond the defaults: an activation, squeeze-excitation, option A shortcuts."""
+    out = {}
+    if draw(st.booleans()):
+        out["activation"] = draw(st.sampled_from(ACTIVATIONS))
+    if draw(st.integers(0, 3)) == 0:
+        out["se"] = draw(st.sampled_from([0.25, 0.5, 1.0, 0.0625]))
+    if kind in ("basic", "bottleneck") and cout >= cin and draw(st.booleans()):
+        out["shortcut"] = "pad"
+    return out
+
+
+@st.composite
+def inverted_groups(draw, cin: int) -> BlockGroup:
+    """[expand 1x1;] depthwise KxK; 1x1: without expansion the depthwise conv sees the block's
+    input, so repeats need out == in."""
+    repeat = draw(st.integers(1, 3))
+    expand = draw(st.booleans())
+    hidden = draw(st.integers(1, MAX_CHANNELS)) if expand else cin
+    out = cin if (not expand and repeat > 1) else draw(st.integers(1, MAX_CHANNELS))
+    convs = ([Conv(1, hidden, bias=draw(st.booleans()))] if expand else []) + \
+        [Conv(draw(st.sampled_from(KERNELS)), hidden, groups=hidden), Conv(1, out)]
+    return BlockGroup("inverted", tuple(convs), repeat, **draw(_options("inverted", cin, out)))
+
+
+@st.composite
 def block_groups(draw, cin: int) -> BlockGroup:
     """One block group whose convs' groups divide their input and output channels, also for
     the repeats after the first (whose input is the group's own output)."""
     kind = draw(st.sampled_from(BLOCK_KINDS))
+    if kind == "inverted":
+        return draw(inverted_groups(cin))
     n_convs = {"conv": draw(st.integers(1, 2)), "basic": 2, "bottleneck": 3}[kind]
     repeat = draw(st.integers(1, 3))
     convs, c, g_first = [], cin, None
@@ -61,9 +90,10 @@ def block_groups(draw, cin: int) -> BlockGroup:
         if mult > MAX_CHANNELS:
             g, mult = 1, g_first
         channels = mult * draw(st.integers(1, MAX_CHANNELS // mult))
-        convs.append(Conv(kernel=draw(st.sampled_from(KERNELS)), channels=channels, groups=g))
+        convs.append(Conv(kernel=draw(st.sampled_from(KERNELS)), channels=channels, groups=g,
+                          bias=draw(st.integers(0, 4)) == 0))
         c = channels
-    return BlockGroup(kind=kind, convs=tuple(convs), repeat=repeat)
+    return BlockGroup(kind=kind, convs=tuple(convs), repeat=repeat, **draw(_options(kind, cin, c)))
 
 
 @st.composite
@@ -77,9 +107,11 @@ def specs(draw) -> Spec:
     stages = []
     for si in range(draw(st.integers(1, 4))):
         ds_kind = draw(st.sampled_from(DOWNSAMPLE_KINDS))
-        if ds_kind == "maxpool":
-            ds = Downsample("maxpool", kernel=draw(st.sampled_from(KERNELS)), stride=draw(st.integers(1, 3)))
-            h, w = conv_out(h, ds.kernel, ds.stride), conv_out(w, ds.kernel, ds.stride)
+        if ds_kind in POOL_DOWNSAMPLES:
+            ds = Downsample(ds_kind, kernel=draw(st.sampled_from(POOL_KERNELS)), stride=draw(st.integers(1, 3)))
+            if min(pool_out(h, ds.kernel, ds.stride), pool_out(w, ds.kernel, ds.stride)) < 1:
+                ds, ds_kind = Downsample("none"), "none"  # the pool would leave nothing
+            h, w = pool_out(h, ds.kernel, ds.stride), pool_out(w, ds.kernel, ds.stride)
         elif ds_kind == "bilinear":
             ds = Downsample("bilinear")
             h, w = draw(st.integers(1, h)), draw(st.integers(1, w))
@@ -102,9 +134,17 @@ def specs(draw) -> Spec:
         assert h >= 1 and w >= 1
         stages.append(Stage(name=f"{prefix}{si + 1}", output_size=(h, w), blocks=tuple(groups), downsample=ds,
                             channels=c if draw(st.booleans()) else None))
-    head = Head(pool=draw(st.sampled_from(POOL_KINDS)),
-                fc=draw(st.one_of(st.none(), st.integers(1, 10))),
-                features=c if draw(st.booleans()) else None)
+    head_ds = Downsample("none")
+    if min(h, w) >= 2 and draw(st.booleans()):
+        head_ds = Downsample(draw(st.sampled_from(POOL_DOWNSAMPLES)), kernel=2, stride=2)
+    pool_size = draw(st.integers(1, 3))
+    fc = draw(st.one_of(st.none(), st.integers(1, 10)))
+    hidden = tuple(draw(st.lists(st.integers(1, 12), max_size=2))) if fc else ()
+    dropout = tuple(draw(st.sampled_from([0.0, 0.1, 0.5])) for _ in hidden + (fc,)) if fc else ()
+    head = Head(pool=draw(st.sampled_from(POOL_KINDS)), fc=fc, pool_size=pool_size, hidden=hidden,
+                dropout=dropout if any(dropout) else (), downsample=head_ds,
+                activation=draw(st.sampled_from(ACTIVATIONS)) if hidden else "relu",
+                features=c * pool_size ** 2 if draw(st.booleans()) else None)
     text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12)
     return Spec(name=draw(st.from_regex(r"[a-z][a-z0-9_-]{0,10}", fullmatch=True)), stages=tuple(stages),
                 head=head, input_channels=cin, input_size=input_size,
@@ -146,12 +186,13 @@ def test_valid_spec_round_trips_compiles_and_counts(spec):
 # -- corruptions of spec YAML -----------------------------------------------------------------
 NUMBER = re.compile(r"\d+(?:\.\d+)?")
 WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-BLOCK_KIND = re.compile(r"\b(conv|basic|bottleneck)(?=\s*\[)")
+BLOCK_KIND = re.compile(r"\b(conv|basic|bottleneck|inverted)(?=\s*\[)")
 NEW_NUMBERS = ("-3", "0", "2.5", "7", "1000", "abc")
 VOCABULARY = ("name", "title", "notes", "input", "channels", "size", "stages", "output_size", "downsample",
               "blocks", "kind", "convs", "repeat", "kernel", "groups", "stride", "head", "pool", "fc", "features",
               "conv", "basic", "bottleneck", "none", "maxpool", "bilinear", "strided_conv", "avg", "max", "grps",
-              "null", "true", "false", "yes", "no", "res2", "conv1", "x")
+              "null", "true", "false", "yes", "no", "res2", "conv1", "x", "inverted", "dw", "bias", "se", "shortcut",
+              "pad", "projection", "relu6", "silu", "avgpool", "pool_size", "dropout", "activation")
 UNKNOWN_KINDS = ("resnext", "basik", "Basic", "bottle_neck", "dense", "conv2d", "x")
 CORRUPTIONS = ("delete_line", "duplicate_line", "replace_number", "replace_word", "insert_bogus", "truncate",
                "swap_lines", "reindent", "unknown_kind")
@@ -245,6 +286,16 @@ def test_corrupted_generated_yaml_fails_cleanly(spec, data):
 @given(data=st.data())
 def test_corrupted_presnet50_yaml_fails_cleanly(data):
     assert_loads_cleanly(data.draw(corrupted(PRESNET50_TEXT), label="corrupted"))
+
+
+SPECS_DIR = Path(__file__).resolve().parents[1] / "specs"
+
+
+@settings(max_examples=40, **SETTINGS)
+@given(data=st.data(), name=st.sampled_from(["mobilenet_v2", "vgg16_bn", "resnet20_cifar"]))
+def test_corrupted_non_resnet_yaml_fails_cleanly(data, name):
+    text = (SPECS_DIR / f"{name}.yaml").read_text(encoding="utf-8")
+    assert_loads_cleanly(data.draw(corrupted(text), label="corrupted"))
 
 
 def _validate_via_cli(text: str):
