@@ -15,7 +15,8 @@ from archspec.profile.table6 import PAPER_TABLE6, table6
 from archspec.spec import available, load_spec
 from archspec.spec.resize import at_input_size
 
-ALL_SPECS = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "presnet50"]
+ALL_SPECS = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "presnet50", "mobilenet_v2", "vgg16_bn",
+             "resnext50_32x4d", "wide_resnet50_2", "resnet20_cifar"]
 
 
 def test_resnet50_totals_match_independent_figures():

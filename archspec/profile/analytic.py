@@ -9,10 +9,10 @@ Cost of each op class, in multiply-accumulates (MACs; FLOPs = 2 x MACs), see doc
     fc       in_features * out_features                    (the bias is 'bias')
     bias     1 per output element of a conv or fc that has a bias
     bn       1 per element (batch norm's per-channel scale and shift)
-    norm     1 per element (layer norm, group norm, instance norm)
+    norm     1 per element (layer norm, group norm; instance norm runs as batch norm: 'bn')
     relu     1 per element (ReLU)
-    act      1 per element (every other activation: ReLU6, LeakyReLU, GELU, SiLU, Hardswish,
-             Sigmoid, Tanh, ...)
+    act      1 per element (every other activation: ReLU6/Hardtanh, LeakyReLU, GELU, SiLU,
+             Hardswish, Hardsigmoid, Sigmoid, Tanh, ELU, Softplus)
     add      1 per element (residual additions)
     mul      1 per element (elementwise products: squeeze-excitation's gating)
     pool     k * k per output element (max and average pools with a window); 1 per input element

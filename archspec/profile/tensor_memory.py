@@ -171,7 +171,7 @@ class TensorMemory(TorchDispatchMode):
         return False
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        from archspec.profile.traced import _META_SHORTCUTS
+        from archspec.profile.meta_shapes import META_SHORTCUTS as _META_SHORTCUTS
 
         kwargs = kwargs or {}
         first = args[0] if args and not isinstance(args[0], (list, tuple)) else (args[0][0] if args and args[0] else None)

@@ -19,6 +19,7 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from archspec.profile.analytic import OP_CLASSES
+from archspec.profile.meta_shapes import META_SHORTCUTS as _META_SHORTCUTS
 
 aten = torch.ops.aten
 
@@ -33,19 +34,33 @@ def _conv_macs(out_shape, weight) -> int:
 
 
 def _conv(args, kwargs, out):
-    return "conv", _conv_macs(out.shape, args[1])
+    counts = [("conv", _conv_macs(out.shape, args[1]))]
+    if len(args) > 2 and args[2] is not None:
+        counts.append(("bias", _numel(out)))  # the bias: one addition per output element
+    return counts
 
 
 def _conv_backward(args, kwargs, out):
     grad_output, _, weight = args[0], args[1], args[2]
     mask = args[-1]
     per_grad = _conv_macs(grad_output.shape, weight)
-    return "conv", per_grad * (int(mask[0]) + int(mask[1]))  # grad_input and grad_weight
+    counts = [("conv", per_grad * (int(mask[0]) + int(mask[1])))]  # grad_input and grad_weight
+    if mask[2]:
+        counts.append(("bias", _numel(grad_output)))  # the bias gradient sums the output gradient
+    return counts
 
 
 def _matmul(args, kwargs, out):
     a, b = args[-2], args[-1]  # addmm(bias, a, b) or mm(a, b)
-    return "fc", a.shape[0] * a.shape[1] * b.shape[1]
+    fc = ("fc", a.shape[0] * a.shape[1] * b.shape[1])
+    return [fc, ("bias", _numel(out))] if len(args) == 3 else fc
+
+
+def _sum_backward(args, kwargs, out):
+    # In the backward pass a sum reduces a gradient: over the rows for a linear layer's bias
+    # (dims [0]), or over the broadcast dims of a product such as squeeze-excitation's gate (mul).
+    dims = args[1] if len(args) > 1 else None
+    return ("bias" if list(dims or ()) == [0] else "mul", _numel(args[0]))
 
 
 def _per_out(cls, factor=1):
@@ -68,6 +83,20 @@ def _add(args, kwargs, out):
 
 def _mean(args, kwargs, out):
     return "pool", _numel(args[0])
+
+
+def _avg_pool(args, kwargs, out):
+    kernel = args[1] if len(args) > 1 else kwargs["kernel_size"]
+    return "pool", _numel(out) * math.prod(kernel if len(kernel) == 2 else (kernel[0], kernel[0]))
+
+
+# Activations other than ReLU (op class 'act'): forward and backward, 1 per element.
+_ACTIVATIONS = ("hardtanh", "hardtanh_", "leaky_relu", "leaky_relu_", "gelu", "gelu_", "silu", "silu_",
+                "hardswish", "hardswish_", "hardsigmoid", "hardsigmoid_", "sigmoid", "sigmoid_", "tanh", "tanh_",
+                "elu", "elu_", "mish", "mish_", "softplus")
+_ACTIVATION_BACKWARDS = ("hardtanh_backward", "leaky_relu_backward", "gelu_backward", "silu_backward",
+                         "hardswish_backward", "hardsigmoid_backward", "sigmoid_backward", "tanh_backward",
+                         "elu_backward", "softplus_backward")
 
 
 # Each rule maps an aten op to (op class, MACs). Forward costs follow analytic.py; backward
@@ -95,119 +124,36 @@ RULES = {
     aten.mean: _mean,
     aten.upsample_bilinear2d: _per_out("interp", 4),
     aten.upsample_bilinear2d_backward: _per_in("interp", 4),
+    aten.avg_pool2d: _avg_pool,
+    aten.avg_pool2d_backward: _per_out("pool"),
+    aten._adaptive_avg_pool2d: _per_in("pool"),
+    aten._adaptive_avg_pool2d_backward: _per_out("pool"),
+    aten.adaptive_max_pool2d: _per_in("pool"),
+    aten.adaptive_max_pool2d_backward: _per_out("pool"),
+    aten.native_layer_norm: _per_in("norm"),
+    aten.native_layer_norm_backward: _per_in("norm", 2),
+    aten.native_group_norm: _per_in("norm"),
+    aten.native_group_norm_backward: _per_in("norm", 2),
+    aten.mul: _per_out("mul"),
+    aten.mul_: _per_out("mul"),
+    **{getattr(aten, name): _per_out("act") for name in _ACTIVATIONS + _ACTIVATION_BACKWARDS},
 }
 # The global average pool's backward: expand the gradient, divide by H*W (1 per input element).
-BACKWARD_ONLY = {aten.div: _per_out("pool")}
+BACKWARD_ONLY = {aten.div: _per_out("pool"), aten.sum: _sum_backward}
+
+# Ops that move or make tensors without arithmetic on features: counted as zero, never listed as
+# unknown. (Dropout's mask is drawn by bernoulli_ and scaled by div_; the product with the mask
+# is what 'dropout' counts, see _Counter.)
+ZERO_COST = frozenset(getattr(aten, name) for name in """
+    detach alias view _unsafe_view reshape expand t transpose permute squeeze unsqueeze flatten slice select
+    as_strided split split_with_sizes unbind chunk narrow contiguous clone copy_ _to_copy lift_fresh
+    empty empty_like empty_strided new_empty new_zeros new_ones zeros zeros_like ones ones_like full full_like
+    fill_ zero_ scalar_tensor constant_pad_nd cat stack repeat bernoulli_ _local_scalar_dense
+    max_pool2d_with_indices_backward slice_backward select_backward
+""".split() if hasattr(aten, name))
 
 
-def _stat_dtype(x: torch.Tensor) -> torch.dtype:
-    # batch norm keeps its saved mean and inverse std in float32 for half types (as on CUDA)
-    return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
-
-
-def _bn_shapes(args):
-    x, training = args[0], args[5]
-    stats = x.new_empty((x.shape[1],) if training else (0,), dtype=_stat_dtype(x))
-    return x.new_empty(x.shape), stats, stats.new_empty(stats.shape)
-
-
-def _bn_backward_shapes(args):
-    x, weight, mask = args[1], args[2], args[-1]
-    grads = (x.new_empty(x.shape), weight.new_empty(weight.shape), weight.new_empty(weight.shape))
-    return tuple(g if m else None for g, m in zip(grads, mask))
-
-
-def _elementwise(args):
-    """Equal shapes and dtypes in, the same shape out; anything else goes to PyTorch."""
-    tensors = [a for a in args if isinstance(a, torch.Tensor)]
-    first = tensors[0]
-    if all(t.shape == first.shape and t.dtype == first.dtype for t in tensors):
-        return first.new_empty(first.shape)
-    return NotImplemented
-
-
-def _mean_shape(args):
-    """aten.mean / aten.sum over dims (no dtype argument); anything else goes to PyTorch."""
-    if len(args) < 2 or not isinstance(args[1], (list, tuple)) or not args[1]:
-        return NotImplemented
-    x, dims = args[0], [d % args[0].dim() for d in args[1]]
-    keep = len(args) > 2 and args[2]
-    shape = [1 if i in dims else n for i, n in enumerate(x.shape) if keep or i not in dims]
-    return x.new_empty(shape) if len(args) <= 3 else NotImplemented  # no dtype argument
-
-
-def _in_place(args):
-    return args[0]
-
-
-def _pair(v) -> tuple[int, int]:
-    return (v[0], v[-1]) if isinstance(v, (list, tuple)) else (v, v)
-
-
-def _window_out(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
-    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
-
-
-def _conv_shape(args):
-    """aten.convolution(input, weight, bias, stride, padding, dilation, transposed, ...)."""
-    x, weight, stride, padding, dilation, transposed = args[0], args[1], args[3], args[4], args[5], args[6]
-    if transposed or x.dim() != 4:
-        return NotImplemented
-    (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
-    kh, kw = weight.shape[2:]
-    return x.new_empty((x.shape[0], weight.shape[0], _window_out(x.shape[2], kh, sh, ph, dh),
-                        _window_out(x.shape[3], kw, sw, pw, dw)))
-
-
-def _conv_backward_shapes(args):
-    """aten.convolution_backward(grad_out, input, weight, bias_sizes, ..., transposed, ..., mask)."""
-    x, weight, bias_sizes, transposed, mask = args[1], args[2], args[3], args[7], args[-1]
-    if transposed:
-        return NotImplemented
-    bias = weight.new_empty(tuple(bias_sizes)) if bias_sizes is not None else weight.new_empty((weight.shape[0],))
-    grads = (x.new_empty(x.shape), weight.new_empty(weight.shape), bias)
-    return tuple(g if m else None for g, m in zip(grads, mask))
-
-
-def _max_pool_shapes(args):
-    """aten.max_pool2d_with_indices(input, kernel, stride, padding, dilation, ceil_mode)."""
-    x = args[0]
-    kernel = _pair(args[1])
-    stride = _pair(args[2]) if len(args) > 2 and args[2] else kernel
-    padding = _pair(args[3]) if len(args) > 3 else (0, 0)
-    dilation = _pair(args[4]) if len(args) > 4 else (1, 1)
-    if (len(args) > 5 and args[5]) or x.dim() != 4:
-        return NotImplemented  # ceil_mode
-    shape = (*x.shape[:2], *(_window_out(x.shape[2 + i], kernel[i], stride[i], padding[i], dilation[i])
-                             for i in range(2)))
-    return x.new_empty(shape), x.new_empty(shape, dtype=torch.int64)
-
-
-# On the meta device PyTorch runs convolutions, pooling, batch norm, bilinear resizing and even
-# additions through Python meta functions (whose checks import sympy and torch._dynamo on first
-# use: ~1.5 s in all). Only shapes
-# matter there, so the counter answers these ops itself; autograd, above this mode, records
-# the same graph and saves the same tensors (tests compare with a real run, byte for byte).
-_META_SHORTCUTS = {
-    aten.add: _elementwise,
-    aten.addmm: lambda args: args[1].new_empty((args[1].shape[0], args[2].shape[1])),
-    aten.mm: lambda args: args[0].new_empty((args[0].shape[0], args[1].shape[1])),
-    aten.div: _elementwise,
-    aten.mean: _mean_shape,
-    aten.sum: _mean_shape,
-    aten.threshold_backward: _elementwise,
-    aten.relu: _elementwise,
-    aten.relu_: _in_place,
-    aten.add_: _in_place,
-    aten.upsample_bilinear2d: lambda args: args[0].new_empty((*args[0].shape[:2], *args[1])),
-    aten.upsample_bilinear2d_backward: lambda args: args[0].new_empty(tuple(args[2])),
-    aten.native_batch_norm: _bn_shapes,
-    aten.native_batch_norm_backward: _bn_backward_shapes,
-    aten.convolution: _conv_shape,
-    aten.convolution_backward: _conv_backward_shapes,
-    aten.max_pool2d_with_indices: _max_pool_shapes,
-    aten.max_pool2d_with_indices_backward: lambda args: args[1].new_empty(args[1].shape),
-}
+UNATTRIBUTED = "unattributed"  # the row of ops that ran outside every named stage
 
 
 @dataclass
@@ -222,14 +168,37 @@ class TracedStage:
     saved_tensors: int = 0
     output_shape: tuple = ()
     conv_output_elems: int = 0
+    unknown: dict[str, int] = field(default_factory=dict)  # ops no rule counts: name -> calls (fwd + bwd)
+
+    @property
+    def empty(self) -> bool:
+        return not (any(self.forward.values()) or any(self.backward.values()) or self.saved_bytes or self.unknown)
 
 
 class _Counter(TorchDispatchMode):
     def __init__(self, stages: dict[str, TracedStage]):
         super().__init__()
         self.stages = stages
-        self.current: str | None = None
+        self.current: str | None = None  # None: outside every stage ('unattributed')
         self.backward = False
+        self.masks: set = set()  # storages of dropout masks (bernoulli_ outputs)
+
+    @property
+    def stage(self) -> TracedStage:
+        return self.stages[self.current if self.current is not None else UNATTRIBUTED]
+
+    def _dropout(self, func, args) -> bool | None:
+        """Dropout on CPU and meta is bernoulli_ (the mask), div_ (scaled by 1/(1-p)) and a product
+        with the mask, forward and backward: the product is 'dropout', the rest free. None: not
+        dropout's."""
+        packet = func.overloadpacket
+        if packet is aten.bernoulli_:
+            self.masks.add(StorageWeakRef(args[0].untyped_storage()))
+            return False
+        if packet in (aten.div_, aten.mul):
+            if any(isinstance(a, torch.Tensor) and StorageWeakRef(a.untyped_storage()) in self.masks for a in args):
+                return packet is aten.mul
+        return None
 
     @classmethod
     def _should_skip_dynamo(cls) -> bool:
@@ -243,16 +212,27 @@ class _Counter(TorchDispatchMode):
         out = shortcut(args) if shortcut is not None and args[0].device.type == "meta" else NotImplemented
         if out is NotImplemented:
             out = func(*args, **kwargs)
-        rule = RULES.get(func.overloadpacket)
+        packet = func.overloadpacket
+        stage = self.stage
+        counts = stage.backward if self.backward else stage.forward
+        dropout = self._dropout(func, args)
+        if dropout is not None:
+            if dropout:
+                counts["dropout"] += _numel(out)
+            return out
+        rule = RULES.get(packet)
         if rule is None and self.backward:
-            rule = BACKWARD_ONLY.get(func.overloadpacket)
-        if rule is not None and self.current is not None:
-            counted = rule(args, kwargs, out)
-            if counted is not None:
-                stage = self.stages[self.current]
-                (stage.backward if self.backward else stage.forward)[counted[0]] += counted[1]
-                if func.overloadpacket is aten.convolution:
-                    stage.conv_output_elems += _numel(out)
+            rule = BACKWARD_ONLY.get(packet)
+        if rule is None:
+            if packet not in ZERO_COST:
+                name = str(packet)
+                stage.unknown[name] = stage.unknown.get(name, 0) + 1
+            return out
+        counted = rule(args, kwargs, out)
+        for op, n in ([counted] if isinstance(counted, tuple) else counted or ()):
+            counts[op] += n
+        if packet is aten.convolution:
+            stage.conv_output_elems += _numel(out)
         return out
 
 
@@ -272,29 +252,39 @@ def _run_backward(out: torch.Tensor) -> None:
 
 
 def trace(module: nn.Module, stages: Mapping[str, nn.Module], example: torch.Tensor,
-          backward: bool = True, run=None) -> "OrderedDict[str, TracedStage]":
+          backward: bool = True, run=None, frozen_tensors=None) -> "OrderedDict[str, TracedStage]":
     """Trace ``run(module, example)`` (default: ``module(example)``) on the meta device.
 
-    ``stages`` names the submodules that run in sequence (e.g. ``net.stages``); every op
-    is attributed to the stage running it, in the backward pass too: a hook on each stage's
-    output switches attribution when the gradient reaches it. ``module`` and ``example``
-    must live on the meta device. The backward pass starts from a gradient of ones on the
-    output (no loss function is counted).
+    ``stages`` names the submodules that run in sequence (e.g. ``net.stages``); every op is
+    attributed to the stage running it, in the backward pass too: a hook on each stage's output
+    switches attribution to it when the gradient reaches it, and a hook on its input switches
+    away when the gradient leaves it. Ops that run outside every stage are counted in an extra
+    entry named ``unattributed`` at the end, present only when something ran there.
+    ``module`` and ``example`` must live on the meta device; ``frozen_tensors`` (default: the
+    module's parameters and buffers) are not charged as saved activations. The backward pass
+    starts from a gradient of ones on the output (no loss function is counted).
     """
     result = OrderedDict((name, TracedStage(name)) for name in stages)
+    result[UNATTRIBUTED] = TracedStage(UNATTRIBUTED)
     counter = _Counter(result)
-    frozen = {StorageWeakRef(t.untyped_storage()) for t in list(module.parameters()) + list(module.buffers())}
+    if frozen_tensors is None:
+        frozen_tensors = list(module.parameters()) + list(module.buffers())
+    frozen = {StorageWeakRef(t.untyped_storage()) for t in frozen_tensors}
     seen: set = set()
 
     def pack(t: torch.Tensor):
         storage = t.untyped_storage()
         key = StorageWeakRef(storage)
-        if counter.current is not None and key not in frozen and key not in seen:
+        if key not in frozen and key not in seen:
             seen.add(key)
-            stage = result[counter.current]
+            stage = counter.stage
             stage.saved_bytes += storage.nbytes()
             stage.saved_tensors += 1
         return t
+
+    def left(name):  # the gradient has left stage ``name``: outside every stage, unless another took over
+        if counter.current == name:
+            counter.current = None
 
     handles = []
     for name, sub in stages.items():
@@ -302,8 +292,12 @@ def trace(module: nn.Module, stages: Mapping[str, nn.Module], example: torch.Ten
 
         def enter(mod, inputs, name=name):
             counter.current = name
+            first = inputs[0] if inputs else None
+            if isinstance(first, torch.Tensor) and first.requires_grad:
+                first.register_hook(lambda grad, name=name: left(name))
 
         def leave(mod, inputs, output, name=name):
+            counter.current = None
             result[name].output_shape = tuple(output.shape)
             if output.requires_grad:
                 output.register_hook(lambda grad, name=name: setattr(counter, "current", name))
@@ -315,9 +309,11 @@ def trace(module: nn.Module, stages: Mapping[str, nn.Module], example: torch.Ten
             out = run(module, example) if run is not None else module(example)
             if backward and out.requires_grad:
                 counter.backward = True
-                counter.current = next(reversed(result))
+                counter.current = None  # the output's hook names the stage that produced it
                 _run_backward(out)
     finally:
         for h in handles:
             h.remove()
+    if result[UNATTRIBUTED].empty:
+        del result[UNATTRIBUTED]
     return result
