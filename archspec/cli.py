@@ -8,6 +8,7 @@ import sys
 import click
 
 from archspec.commands.common import SPEC_ARG, emit, ops_option_callback, size_option_callback
+from archspec.commands.targets import stages_option_callback
 from archspec.errors import UserError
 
 
@@ -90,27 +91,36 @@ def show(spec, as_yaml):
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to FILE (atomically).")
 @click.option("--paper", is_flag=True, help="Print the LoCo paper's Table 6 view (shares per local stage) instead, "
                                             "with the paper's figures and the differences where known.")
-def profile(spec, batch, size, dtype, optimizer, ops, measure, fmt, output, paper):
+@click.option("--stages", "module_stages", callback=stages_option_callback, metavar="A,B,...",
+              help="For a module:callable SPEC: the submodules that are the stages (default: its top-level children).")
+def profile(spec, batch, size, dtype, optimizer, ops, measure, fmt, output, paper, module_stages):
     """Per-stage parameters, FLOPs (forward and backward), activation memory and peak
     training memory (SimCLR end-to-end, GIM, LoCo), counted on meta tensors.
 
     Compute is per image; activation memory is at --batch; training memory counts both views
     of a contrastive batch (2 x --batch images). Conventions: docs/profile.md.
     """
+    from archspec.commands.targets import is_module_ref, profile_doc
+
+    if is_module_ref(spec):
+        if paper:
+            raise UserError("--paper is the LoCo paper's Table 6 view of a spec; a module:callable has none "
+                            "(hint: drop --paper)")
+        if measure == "block_outputs":
+            raise UserError("--measure block_outputs needs a spec (hint: use saved, output or conv_outputs)")
     from archspec.spec import load_spec
 
-    loaded = load_spec(spec)
     if paper:
-        from archspec.profile.table6 import render_table6, table6
+        loaded = load_spec(spec)
+        from archspec.profiling.table6 import render_table6, table6
         from archspec.spec.resize import at_input_size
 
         doc = table6(at_input_size(loaded, size) if size else loaded)
         text = json.dumps(doc, indent=2) + "\n" if fmt == "json" else render_table6(doc)
         return emit(text, output)
-    from archspec.profile.profiler import profile as run_profile
     from archspec.report import profile_tables
 
-    doc = run_profile(loaded, batch=batch, size=size, dtype=dtype, optimizer=optimizer, ops=ops).to_dict()
+    doc = profile_doc(spec, batch=batch, size=size, dtype=dtype, ops=ops, optimizer=optimizer, stages=module_stages)
     if fmt == "table" and not output:
         profile_tables.print_terminal(doc, measure)
         return
@@ -142,7 +152,7 @@ def validate(spec, memory_budget, check_data):
 
     loaded = load_spec(spec)
     from archspec.nn.compiler import compile_spec
-    from archspec.profile.analytic import stage_params
+    from archspec.profiling.analytic import stage_params
 
     compile_spec(loaded, device="meta", check=True)
     total = sum(stage_params(loaded).values())

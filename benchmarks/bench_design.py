@@ -2,7 +2,7 @@
 
 1. Candidates per second: the vectorised evaluator (``archspec.design.search.evaluate`` and
    ``score``, numpy, a whole population at once) against evaluating the same candidates one at a
-   time with ``archspec.profile.analytic.stage_counts`` on their specs (both exact, and equal).
+   time with ``archspec.profiling.analytic.stage_counts`` on their specs (both exact, and equal).
 2. Time to find a 6-stage design with every local stage inside 15:20% (FLOPs and memory) under
    the default budgets (4.1 G MACs, 30 M params), for a few seeds; asserted under 60 s.
 
@@ -17,9 +17,9 @@ import numpy as np
 
 from archspec.design import search as D
 from archspec.design import space as S
-from archspec.profile.analytic import stage_counts
-from archspec.profile.memory import local_stages
-from archspec.profile.table6 import TABLE6_OPS
+from archspec.profiling.analytic import stage_counts
+from archspec.profiling.memory import local_stages
+from archspec.profiling.table6 import TABLE6_OPS
 
 
 def vectorised_rate(genes: np.ndarray, n: int, repeat: int = 5) -> float:

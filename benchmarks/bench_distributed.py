@@ -15,7 +15,7 @@ step (for the distributed runner, to the all-reduce that ends the step on every 
 process start-up is not in it (the wall time with start-up is printed too). Memory: the peak
 resident set (VmHWM) of the single process and of every rank, beside an idle process that
 imported the same modules, and the profiler's estimate (docs/profile.md) of a process's peak of
-tensor memory (archspec.profile.rank_memory: its own step run on meta tensors).
+tensor memory (archspec.profiling.rank_memory: its own step run on meta tensors).
 
 What the ratio can show on this project's 2-core CPU machine, and what it cannot:
 
@@ -86,10 +86,10 @@ def mib(n: float) -> str:
 
 
 def estimate_per_rank(spec, method: str, batch: int, decoder) -> tuple[list[str], list[int], int]:
-    """The profiler's peak per rank (archspec.profile.rank_memory: each rank's own sync step on meta
+    """The profiler's peak per rank (archspec.profiling.rank_memory: each rank's own sync step on meta
     tensors, Adam) and its whole-network peak for one process (docs/profile.md)."""
-    from archspec.profile.profiler import profile
-    from archspec.profile.rank_memory import rank_peaks
+    from archspec.profiling.profiler import profile
+    from archspec.profiling.rank_memory import rank_peaks
 
     ranks = rank_peaks(spec, method, batch, optimizer="adam", decoder=decoder)
     whole = profile(spec, batch=batch, optimizer="adam", decoder=decoder).to_dict()

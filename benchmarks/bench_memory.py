@@ -13,7 +13,7 @@ the step included), and puts the last (steady-state) step beside the prediction 
 ``archspec profile SPEC --batch B --size S --optimizer O`` (training_memory.methods.*.total), which
 runs the same step on meta tensors (docs/profile.md). Then, with ``--ranks SPEC``, the same for
 every rank of ``--processes stage`` (sync and pipelined; each rank tracks its own tensors when
-$ARCHSPEC_MEASURE_MEMORY=1) against archspec.profile.rank_memory. Its last line: ``memory prediction error max X.X% (simclr a.a%, gim b.b%, loco c.c%)``, the
+$ARCHSPEC_MEASURE_MEMORY=1) against archspec.profiling.rank_memory. Its last line: ``memory prediction error max X.X% (simclr a.a%, gim b.b%, loco c.c%)``, the
 largest |predicted / measured - 1| over the configurations and ranks, per method.
 """
 from __future__ import annotations
@@ -53,7 +53,7 @@ def main(argv=None) -> int:
                         "every rank measured ('' to skip)")
     args = parser.parse_args(argv)
 
-    from archspec.profile.profiler import profile
+    from archspec.profiling.profiler import profile
     from archspec.train.config import load_training_spec
     from archspec.train.measure import measure_step_peaks
 
@@ -80,7 +80,7 @@ def main(argv=None) -> int:
     if args.ranks:  # one process per local stage: every rank's measured peak against rank_peaks
         import os
 
-        from archspec.profile.rank_memory import rank_peaks
+        from archspec.profiling.rank_memory import rank_peaks
         from archspec.train.distributed import train_distributed
 
         os.environ["ARCHSPEC_MEASURE_MEMORY"] = "1"  # the ranks track their own tensors

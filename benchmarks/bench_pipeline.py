@@ -95,8 +95,8 @@ MODES = {
 
 def flop_shares(spec_path: str, size: int, batch: int) -> tuple[list[str], list[float]]:
     """Labels and FLOP shares (fractions) of the local stages, as ``archspec balance`` computes them."""
-    from archspec.profile.profiler import profile
-    from archspec.profile.table6 import TABLE6_OPS
+    from archspec.profiling.profiler import profile
+    from archspec.profiling.table6 import TABLE6_OPS
     from archspec.report.balance import balance_from_profile
     from archspec.spec import load_spec
 

@@ -8,7 +8,7 @@ Run from the repository root (needs the test extras: ``pip install -e '.[test]'`
 What it measures, in one run (seconds, ``time.perf_counter``; every in-process timing is warmed
 up once and reported as the median of ``--repeat`` runs):
 
-- ``archspec profile`` in process (``archspec.profile.profiler.profile``, the CLI's defaults:
+- ``archspec profile`` in process (``archspec.profiling.profiler.profile``, the CLI's defaults:
   forward and backward counts, activation memory, training-memory plans) at batch 1 and at
   batch 256: it traces on the meta device, so the two should cost the same;
 - archspec's analytic counts alone (``stage_counts``: forward MACs per op class, no torch);
@@ -123,8 +123,8 @@ def main(argv=None) -> int:
     from ptflops import get_model_complexity_info
 
     from archspec.nn.compiler import compile_spec
-    from archspec.profile.analytic import stage_counts
-    from archspec.profile.profiler import profile
+    from archspec.profiling.analytic import stage_counts
+    from archspec.profiling.profiler import profile
     from archspec.spec import load_spec
     from tests.test_profile_peers import archspec_counts, fvcore_macs, ptflops_aten_macs, ptflops_pytorch_macs
     import_s = time.perf_counter() - t0

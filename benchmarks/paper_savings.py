@@ -51,9 +51,9 @@ def main(argv=None) -> int:
     import torch
 
     from archspec.nn.decoders import Decoder, DecoderConfig
-    from archspec.profile.memory import local_stages
-    from archspec.profile.profiler import profile
-    from archspec.profile.traced import trace
+    from archspec.profiling.memory import local_stages
+    from archspec.profiling.profiler import profile
+    from archspec.profiling.traced import trace
     from archspec.spec import load_spec
 
     print(f"{'spec':<10} {'batch':>5}  {'definition':<18} {'GIM':>6} {'LoCo':>6}   paper GIM / LoCo")

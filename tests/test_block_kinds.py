@@ -10,8 +10,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from archspec.errors import SpecError
 from archspec.nn.compiler import compile_spec
-from archspec.profile.analytic import stage_counts, stage_params
-from archspec.profile.memory import local_stages
+from archspec.profiling.analytic import stage_counts, stage_params
+from archspec.profiling.memory import local_stages
 from archspec.spec import dumps, load_spec, loads
 from archspec.spec.resize import at_input_size
 

@@ -7,9 +7,9 @@ from click.testing import CliRunner
 from archspec.cli import main
 from archspec.design import search as D
 from archspec.design import space as S
-from archspec.profile.analytic import stage_counts
-from archspec.profile.memory import local_stages
-from archspec.profile.table6 import TABLE6_OPS
+from archspec.profiling.analytic import stage_counts
+from archspec.profiling.memory import local_stages
+from archspec.profiling.table6 import TABLE6_OPS
 from archspec.spec import dumps, load, loads
 
 from .conftest import ROOT
@@ -64,7 +64,7 @@ def test_random_designs_are_valid_and_shrink():
 
 
 def test_designs_are_inside_the_band_when_traced(six):
-    from archspec.profile.profiler import profile
+    from archspec.profiling.profiler import profile
 
     assert six.designs and six.band == (15.0, 20.0)
     for d in six.designs:

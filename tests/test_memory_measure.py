@@ -4,8 +4,8 @@ import pytest
 import torch
 import yaml
 
-from archspec.profile.profiler import profile
-from archspec.profile.tensor_memory import TensorMemory
+from archspec.profiling.profiler import profile
+from archspec.profiling.tensor_memory import TensorMemory
 from archspec.train.config import load_config, load_training_spec
 from archspec.train.measure import measure_step_peaks
 
@@ -66,10 +66,10 @@ def test_predicted_peak_within_3_percent_of_the_measured_one(tmp_path, spec, bat
 @pytest.mark.parametrize("method, schedule", [("loco", "sync"), ("loco", "pipelined"), ("gim", "pipelined")])
 def test_every_ranks_predicted_peak_within_3_percent(tmp_path, monkeypatch, method, schedule):
     """One process per local stage (4 ranks), each measuring its own tensors
-    ($ARCHSPEC_MEASURE_MEMORY=1), against archspec.profile.rank_memory."""
+    ($ARCHSPEC_MEASURE_MEMORY=1), against archspec.profiling.rank_memory."""
     import dataclasses
 
-    from archspec.profile.rank_memory import rank_peaks
+    from archspec.profiling.rank_memory import rank_peaks
     from archspec.train.distributed import train_distributed
 
     monkeypatch.setenv("ARCHSPEC_MEASURE_MEMORY", "1")

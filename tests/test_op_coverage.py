@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from archspec.profile.traced import UNATTRIBUTED, trace
+from archspec.profiling.traced import UNATTRIBUTED, trace
 
 N, C, H, W = 2, 4, 8, 8
 E = N * C * H * W  # elements of the test map

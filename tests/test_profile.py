@@ -8,10 +8,10 @@ from click.testing import CliRunner
 
 from archspec.cli import main
 from archspec.nn.compiler import StagedNet
-from archspec.profile.analytic import OP_CLASSES, stage_counts
-from archspec.profile.memory import local_stages
-from archspec.profile.profiler import profile
-from archspec.profile.table6 import PAPER_TABLE6, table6
+from archspec.profiling.analytic import OP_CLASSES, stage_counts
+from archspec.profiling.memory import local_stages
+from archspec.profiling.profiler import profile
+from archspec.profiling.table6 import PAPER_TABLE6, table6
 from archspec.spec import available, load_spec
 from archspec.spec.resize import at_input_size
 
@@ -284,7 +284,7 @@ def test_profiling_never_imports_sympy_or_dynamo():
     import subprocess
     import sys
 
-    code = ("import sys; from archspec.spec import load_spec; from archspec.profile.profiler import profile; "
+    code = ("import sys; from archspec.spec import load_spec; from archspec.profiling.profiler import profile; "
             "profile(load_spec('presnet50'), batch=2); "
             "print(sorted(m for m in ('sympy', 'torch._dynamo') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

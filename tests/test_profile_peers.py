@@ -1,7 +1,7 @@
 """archspec's counts against fvcore and ptflops, reconciled exactly (integers), total and per stage.
 
 Each peer counts a different set of ops. The functions ``fvcore_macs``, ``ptflops_aten_macs`` and
-``ptflops_pytorch_macs`` below say which, in archspec's op classes (archspec.profile.analytic:
+``ptflops_pytorch_macs`` below say which, in archspec's op classes (archspec.profiling.analytic:
 conv, fc, bn, relu, add, pool, interp, in MACs per image); the tests hold every peer's figure equal
 to its formula applied to archspec's analytic counts. Peers run on the compiled module on CPU, in
 eval mode, at batch 1, on a real tensor.
@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from archspec.nn.compiler import compile_spec
-from archspec.profile.analytic import OP_CLASSES, stage_counts
+from archspec.profiling.analytic import OP_CLASSES, stage_counts
 from archspec.spec import load_spec
 from archspec.spec.resize import at_input_size
 from archspec.spec.validate import infer_shapes
@@ -41,7 +41,7 @@ class Counts:
     counts the peers' conventions need that archspec's MAC classes do not carry directly:
     archspec counts a max pool as k x k per *output* element, the peers per *input* element."""
 
-    macs: dict  # MACs per op class (archspec.profile.analytic)
+    macs: dict  # MACs per op class (archspec.profiling.analytic)
     window_pool_inputs: int = 0  # elements entering a max-pool downsampling (nn.MaxPool2d)
     global_avg_inputs: int = 0  # elements entering the head's global average pool
     global_max_inputs: int = 0  # elements entering the head's global max pool

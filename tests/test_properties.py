@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from archspec.cli import main
 from archspec.errors import SpecError
 from archspec.nn.compiler import check_shapes, compile_spec
-from archspec.profile.analytic import stage_params
+from archspec.profiling.analytic import stage_params
 from archspec.spec import BlockGroup, Conv, Downsample, Head, Spec, Stage, dumps, infer_shapes, loads
 from archspec.spec.schema import ACTIVATIONS, BLOCK_KINDS, DOWNSAMPLE_KINDS, POOL_DOWNSAMPLES, POOL_KINDS
 from archspec.spec.validate import conv_out, pool_out
@@ -408,8 +408,8 @@ def test_stride_on_a_1x1_map_keeps_the_identity_shortcut():
     the channels stay 1, so the shortcut is the identity (docs/spec-format.md: a projection where
     channels or size change); the compiler used to add a projection for the stride alone (13
     parameters in the module, 10 counted)."""
-    from archspec.profile.analytic import stage_counts
-    from archspec.profile.profiler import profile
+    from archspec.profiling.analytic import stage_counts
+    from archspec.profiling.profiler import profile
 
     spec = Spec(name="a", stages=(
         Stage(name="s1", output_size=(1, 1), downsample=Downsample("bilinear"),

@@ -11,8 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from archspec.cli import main
-from archspec.profile.profiler import profile
-from archspec.profile.table6 import PAPER_TABLE6, TABLE6_OPS
+from archspec.profiling.profiler import profile
+from archspec.profiling.table6 import PAPER_TABLE6, TABLE6_OPS
 from archspec.report import balance as balance_mod
 from archspec.report import compare as compare_mod
 from archspec.spec import load_spec

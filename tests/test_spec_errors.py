@@ -167,7 +167,7 @@ def _labelled(labels) -> str:
 
 
 def test_local_stage_labels_group_consecutive_stages():
-    from archspec.profile.memory import local_stages
+    from archspec.profiling.memory import local_stages
     from archspec.spec import dumps
 
     assert local_stages(loads(SMALL)) == [["conv1", "res2"], ["res3"]]  # the stem folds by default

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from archspec.nn.compiler import StagedNet, check_shapes, compile_spec
-from archspec.profile.analytic import stage_params
+from archspec.profiling.analytic import stage_params
 from archspec.spec import available, dumps, load_spec, loads
 
 # torchvision.models.resnetN(weights=None): sum(p.numel() for p in model.parameters())

@@ -14,8 +14,8 @@ from archspec.commands.split import parse_bytes
 from archspec.design.chain import build_chain, saved_bytes, split_spec, stage_groups, state_bytes
 from archspec.design.split import Costs, SplitError, dp_split, evaluate, optimal_split, uniform_cuts
 from archspec.nn.compiler import compile_spec
-from archspec.profile.analytic import stage_counts
-from archspec.profile.table6 import TABLE6_OPS
+from archspec.profiling.analytic import stage_counts
+from archspec.profiling.table6 import TABLE6_OPS
 from archspec.spec import dumps, load, load_spec, loads
 from archspec.spec.resize import at_input_size
 
@@ -144,7 +144,7 @@ def test_chain_of_blocks(name, n, own):
 
 
 def test_block_saved_bytes_add_up_to_the_profile():
-    from archspec.profile.profiler import profile
+    from archspec.profiling.profiler import profile
 
     spec = load_spec("resnet18")
     chain = build_chain(spec)

@@ -23,7 +23,7 @@ def size_option_callback(ctx, param, value):
 
 def ops_option_callback(ctx, param, value):
     """``conv,fc`` or ``all`` -> a tuple of op classes."""
-    from archspec.profile.analytic import OP_CLASSES
+    from archspec.profiling.analytic import OP_CLASSES
 
     ops = tuple(OP_CLASSES) if value.strip() == "all" else tuple(o.strip() for o in value.split(",") if o.strip())
     bad = [o for o in ops if o not in OP_CLASSES]

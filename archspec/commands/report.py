@@ -7,6 +7,8 @@ from pathlib import Path
 import click
 
 from archspec.commands.common import SPEC_ARG, emit, ops_option_callback, size_option_callback
+from archspec.commands.targets import is_module_ref, stages_option_callback
+from archspec.errors import UserError
 
 MEASURES = ["output", "conv_outputs", "block_outputs", "saved"]
 TABLE6_OPS_TEXT = "conv,fc,bn,pool"
@@ -40,13 +42,18 @@ def _settings(f):
     return f
 
 
-def _profiles(specs, batch, size, dtype, ops, training=True):
-    """Profile documents; ``training``: with the training-memory plans (balance needs them)."""
-    from archspec.profile.profiler import profile
-    from archspec.spec import load_spec
+def _profiles(specs, batch, size, dtype, ops, training=True, stages=None):
+    """Profile documents of specs or module:callable targets; ``training``: with the
+    training-memory plans (specs only; balance shows them)."""
+    from archspec.commands.targets import profile_doc
 
-    return [profile(load_spec(s), batch=batch, size=size, dtype=dtype, ops=ops, training=training).to_dict()
-            for s in specs]
+    return [profile_doc(s, batch=batch, size=size, dtype=dtype, ops=ops, training=training,
+                        stages=stages if is_module_ref(s) else None) for s in specs]
+
+
+STAGES_OPTION = click.option("--stages", "module_stages", callback=stages_option_callback, metavar="A,B,...",
+                             help="module:callable targets: the submodules that are the stages (default: the "
+                                  "top-level children).")
 
 
 @click.command()
@@ -58,14 +65,19 @@ def _profiles(specs, batch, size, dtype, ops, training=True):
               show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to FILE (atomically).")
 @_plot_option()
-def compare(specs, batch, size, dtype, ops, measure, fmt, output, plot_stem):
+@STAGES_OPTION
+def compare(specs, batch, size, dtype, ops, measure, fmt, output, plot_stem, module_stages):
     """Per-stage params, FLOPs and activation memory of several specs side by side, absolute and
     as shares, with totals (e.g. archspec compare presnet50 resnet50)."""
     if len(specs) < 2:
         raise click.UsageError("give at least two specs to compare, e.g. 'archspec compare presnet50 resnet50'")
     from archspec.report import compare as compare_mod
 
-    profiles = _profiles(specs, batch, size, dtype, ops, training=bool(plot_stem))
+    profiles = _profiles(specs, batch, size, dtype, ops, training=bool(plot_stem), stages=module_stages)
+    lacking = [p["spec"] for p in profiles if measure not in p["total"]["activation_bytes"]]
+    if lacking:
+        raise UserError(f"--measure {measure} needs a spec; {', '.join(lacking)} has none "
+                        "(hint: use saved, output or conv_outputs)")
     doc = compare_mod.compare_docs(profiles, measure)
     if fmt == "table" and not output:
         compare_mod.print_terminal(doc)
@@ -89,19 +101,24 @@ def _plot(profiles, measure, band, stem):
               help="Share band in percent for every local stage (default: 0.9x to 1.2x of 100/N; 15:20 for 6).")
 @click.option("--check", is_flag=True, help="Exit 1 when any local stage's FLOPs or memory share is outside the band.")
 @_settings
-@click.option("--measure", type=click.Choice(MEASURES), default="block_outputs", show_default=True,
-              help="Activation-memory measure (the default is the paper's).")
+@click.option("--measure", type=click.Choice(MEASURES), default=None,
+              help="Activation-memory measure [default: block_outputs, the paper's; saved for a module:callable].")
 @click.option("--format", "fmt", type=click.Choice(["table", "md", "tex", "csv", "json"]), default="table",
               show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to FILE (atomically).")
 @_plot_option()
-def balance(spec, band, check, batch, size, dtype, ops, measure, fmt, output, plot_stem):
+@STAGES_OPTION
+def balance(spec, band, check, batch, size, dtype, ops, measure, fmt, output, plot_stem, module_stages):
     """Shares of FLOPs, memory and params per local stage, imbalance, the stages outside the
     band, the model-parallel speed bound and the memory saving of GIM and LoCo."""
     from archspec.report import balance as balance_mod
 
-    (profile_doc,) = _profiles([spec], batch, size, dtype, ops)
+    (profile_doc,) = _profiles([spec], batch, size, dtype, ops, stages=module_stages)
+    if measure not in (None,) + tuple(profile_doc["total"]["activation_bytes"]):
+        raise UserError(f"--measure {measure} needs a spec (hint: a module:callable has "
+                        f"{', '.join(profile_doc['total']['activation_bytes'])})")
     doc = balance_mod.balance_from_profile(profile_doc, band, measure)
+    measure = doc["settings"]["measure"]
     if fmt == "table" and not output:
         balance_mod.print_terminal(doc)
     else:

@@ -134,7 +134,8 @@ def split(spec, stages, by, memory_cap, batch, optimizer, time_batch, runs, thre
     total = costs.total()
     lines = [f"{loaded.name}: {n} blocks into {stages} stages by {by}",
              f"{by}: {MEASURES[by]}" + (f"; batch {batch}, {optimizer}" if by in ("memory", "mix") else ""),
-             "chain: every residual block; " +
+             ("chain: every residual block; " if loaded.has_residual_blocks else
+              "chain: every conv block (the network has no residual blocks); ") +
              (f"the stem ({'+'.join(chain.stem)}) folded into the first; " if chain.stem else "") +
              "head not included"]
     if by == "time":

@@ -99,7 +99,7 @@ def train(config, out_dir, max_steps, resume, memory_budget, progress, processes
 
 def _stages(model, stage: str | None) -> list[tuple[str, str | None]]:
     """(label, stage name for extract_features) for --stage; None: the final representation."""
-    from archspec.profile.memory import local_stages
+    from archspec.profiling.memory import local_stages
 
     groups = local_stages(model.spec)
     labels = {"+".join(g): g[-1] for g in groups}

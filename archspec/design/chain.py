@@ -33,8 +33,8 @@ import string
 from collections import OrderedDict
 from dataclasses import dataclass, replace
 
-from archspec.profile.analytic import StageCounts, _block, pool_macs
-from archspec.profile.table6 import TABLE6_OPS
+from archspec.profiling.analytic import StageCounts, _block, pool_macs
+from archspec.profiling.table6 import TABLE6_OPS
 from archspec.spec.schema import POOL_DOWNSAMPLES, BlockGroup, Conv, Downsample, Spec, Stage
 from archspec.spec.validate import conv_out, infer_shapes, pool_out
 
@@ -173,8 +173,8 @@ def saved_bytes(chain: Chain, batch: int, dtype: str = "float32") -> list[int]:
     import torch
 
     from archspec.nn.compiler import StagedNet
-    from archspec.profile.profiler import DTYPES
-    from archspec.profile.traced import trace
+    from archspec.profiling.profiler import DTYPES
+    from archspec.profiling.traced import trace
 
     spec, torch_dtype = chain.spec, DTYPES[dtype]
     with torch.device("meta"):
@@ -192,7 +192,7 @@ def saved_bytes(chain: Chain, batch: int, dtype: str = "float32") -> list[int]:
 
 def state_bytes(chain: Chain, optimizer: str = "sgd", dtype: str = "float32") -> list[int]:
     """Weights + gradients + optimizer state of each block's parameters, in bytes."""
-    from archspec.profile.memory import OPTIMIZER_STATES
+    from archspec.profiling.memory import OPTIMIZER_STATES
 
     per_param = _bytes_per_element(dtype) * (2 + OPTIMIZER_STATES[optimizer])
     return [b.params * per_param for b in chain.blocks]
@@ -346,7 +346,7 @@ def split_spec(chain: Chain, cuts, *, name: str | None = None, title: str | None
 def stage_groups(spec: Spec, prefix: str = "stage") -> list[list[str]]:
     """Spec stages grouped into the split stages ``split_spec`` wrote (``stage2a``, ``stage2b``
     with ``local_stage: stage2`` -> one group): the spec's local stages."""
-    from archspec.profile.memory import local_stages
+    from archspec.profiling.memory import local_stages
 
     return local_stages(spec)
 

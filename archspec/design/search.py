@@ -20,7 +20,7 @@ Objective, among designs inside the band and the budgets (lower is better)::
 so a design balanced to within a point that uses the budget beats a perfectly balanced toy.
 
 Search: ``evaluate`` counts a whole population in closed form with numpy (exactly what
-``archspec.profile.analytic.stage_counts`` gives for the written spec; the tests hold them
+``archspec.profiling.analytic.stage_counts`` gives for the written spec; the tests hold them
 equal), then a (mu + lambda) evolutionary search from random designs: each generation mutates
 (small steps in 1-3 genes) and crosses over (stage-wise) the elite, and keeps the best distinct
 designs, ranked by band/budget violation first and J second. Fixed seed, fixed schedule: the
@@ -421,8 +421,8 @@ def render(result: Result) -> str:
 
 def check_counts(spec, design: Design) -> None:
     """The written spec counts exactly what the evaluator counted (an internal check)."""
-    from archspec.profile.analytic import stage_counts
-    from archspec.profile.memory import local_stages
+    from archspec.profiling.analytic import stage_counts
+    from archspec.profiling.memory import local_stages
 
     counts = evaluate(design.row[None, :], design.n_stages)
     analytic = stage_counts(spec)

@@ -120,7 +120,7 @@ class _Column:
 
 
 def _columns(specs: list[Spec], rows: list[str]) -> list[_Column]:
-    from archspec.profile.analytic import stage_counts
+    from archspec.profiling.analytic import stage_counts
 
     labels = [s.title or s.name for s in specs]
     if len(set(labels)) < len(labels):  # two specs with one title: tell them apart by name

@@ -50,11 +50,16 @@ def _imbalance(shares: list[float]) -> dict:
 
 
 def balance_from_profile(doc: dict, band: tuple[float, float] | None = None,
-                         measure: str = "block_outputs") -> dict:
-    """A balance document from a profile document (``Profile.to_dict()``, training memory included)."""
+                         measure: str | None = "block_outputs") -> dict:
+    """A balance document from a profile document (``Profile.to_dict()``). A module's profile
+    (no spec) has no block_outputs measure: ``measure=None`` takes block_outputs where there is
+    one, else saved; and no training-memory section (its local stages are its named stages)."""
     by_name = {rec["name"]: rec for rec in doc["stages"]}
-    groups = doc["training_memory"]["local_stages"]
+    tm = doc.get("training_memory")
+    groups = tm["local_stages"] if tm else doc["local_stages"]
     ops = doc["settings"]["ops"]
+    if measure is None:
+        measure = "block_outputs" if "block_outputs" in doc["total"]["activation_bytes"] else "saved"
     if measure not in doc["total"]["activation_bytes"]:
         raise UserError(f"unknown memory measure '{measure}' (hint: use one of "
                         f"{', '.join(doc['total']['activation_bytes'])})")
@@ -83,7 +88,7 @@ def balance_from_profile(doc: dict, band: tuple[float, float] | None = None,
         stages.append(row)
     slowest = max(range(len(groups)), key=lambda i: values["flops"][i])
     bound = totals["flops"] / values["flops"][slowest] if values["flops"][slowest] else 0.0
-    methods = doc["training_memory"]["methods"]
+    methods = tm["methods"] if tm else {}
     s = doc["settings"]
     return {
         "schema": SCHEMA,
@@ -95,7 +100,9 @@ def balance_from_profile(doc: dict, band: tuple[float, float] | None = None,
             "flops": f"forward FLOPs per image = 2 x MACs of {', '.join(ops)}",
             "memory": doc["conventions"]["activation_measures"][measure] + f", bytes at batch {s['batch']}",
             "params": "parameters of the stage's convs and batch norms",
-            "local_stages": "a leading all-conv stem folds into the first residual stage; the head is left out",
+            "local_stages": doc["conventions"].get("local_stages",
+                                                   "a leading all-conv stem folds into the first residual stage; "
+                                                   "the head is left out"),
             "band": "a stage is inside when LO <= share <= HI (percent, 2 decimals) for FLOPs and for memory",
             "speedup_bound": "total FLOPs / FLOPs of the largest local stage (one pipeline worker per local stage)",
             "training_memory": f"peak training memory, 2 views x batch {s['batch']} images, optimizer "
@@ -109,7 +116,7 @@ def balance_from_profile(doc: dict, band: tuple[float, float] | None = None,
         "model_parallel": {"workers": len(groups), "slowest_stage": stages[slowest]["name"],
                            "speedup_bound": bound, "efficiency": bound / len(groups)},
         "training_memory": {m: {"peak_bytes": p["total"], "saving_vs_simclr": p["saving_vs_simclr"],
-                                "peak_at": p["peak_at"]} for m, p in methods.items()},
+                                "peak_at": p["peak_at"]} for m, p in methods.items()} if tm else None,
     }
 
 
@@ -132,8 +139,12 @@ def summary_lines(doc: dict) -> list[str]:
     lines.append(f"Model-parallel speed bound: {mp['speedup_bound']:.2f}x on {n} workers "
                  f"({100 * mp['efficiency']:.0f}% efficiency; slowest stage {mp['slowest_stage']}).")
     tm = doc["training_memory"]
-    lines.append(f"Peak training memory saving against end-to-end: GIM {tm['gim']['saving_vs_simclr']:.2f}x, "
-                 f"LoCo {tm['loco']['saving_vs_simclr']:.2f}x.")
+    if tm:
+        lines.append(f"Peak training memory saving against end-to-end: GIM {tm['gim']['saving_vs_simclr']:.2f}x, "
+                     f"LoCo {tm['loco']['saving_vs_simclr']:.2f}x.")
+    else:
+        lines.append("Peak training memory: not estimated for a module profile (it needs a spec: the runner's "
+                     "step with decoders).")
     return lines
 
 

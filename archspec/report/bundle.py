@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from archspec.errors import UserError
-from archspec.profile.table6 import TABLE6_OPS
+from archspec.profiling.table6 import TABLE6_OPS
 
 COMMAND = "archspec report {spec} --against {against} -o {out}"
 
@@ -21,8 +21,8 @@ def _write(folder: Path, name: str, text: str, written: list[str]) -> None:
 def build_report(specs: list, out: Path, *, batch: int = 256, measure: str = "block_outputs",
                  band=None, out_label: str | None = None, progress=None) -> list[str]:
     """Write the report for ``specs[0]`` against ``specs[1:]`` into ``out``; returns the file names."""
-    from archspec.profile.profiler import profile
-    from archspec.profile.table6 import render_table6, table6
+    from archspec.profiling.profiler import profile
+    from archspec.profiling.table6 import render_table6, table6
     from archspec.report import balance as balance_mod
     from archspec.report import compare as compare_mod
     from archspec.report import profile_tables

@@ -19,6 +19,21 @@ def caption(doc: dict, measure: str = "saved") -> str:
             f"{s['batch']}: stage output, and '{measure}' = {doc['conventions']['activation_measures'][measure]}.")
 
 
+def notes(doc: dict) -> list[str]:
+    """Lines under the table: ops the counter does not know (listed, never dropped silently),
+    and what a module profile (no spec) lacks."""
+    lines = []
+    unknown = doc.get("unknown_ops") or {}
+    if unknown:
+        parts = [f"{op} x{n} ({stage})" for stage, ops in unknown.items() for op, n in sorted(ops.items())]
+        lines.append("Not counted (no rule for these ops; calls forward + backward, at the traced batch): "
+                     + ", ".join(parts) + ".")
+    if "source" in doc:
+        lines.append("A module profile: stages are its named submodules; 'unattributed' (if shown) holds the ops "
+                     "that ran outside every stage; no training-memory estimate (that needs a spec).")
+    return lines
+
+
 def stage_rows(doc: dict, measure: str = "saved") -> list[dict]:
     """Human-readable rows (one per stage, then the total), shared by table, md and tex."""
     rows = []
@@ -34,7 +49,7 @@ def stage_rows(doc: dict, measure: str = "saved") -> list[dict]:
             "fwd %": f"{100 * rec['forward']['share']:.2f}",
             "bwd GFLOPs": f"{bwd / GIGA:.3f}",
             "bwd/fwd": f"{bwd / fwd:.2f}" if fwd else "-",
-            "output MiB": f"{act['output'] / MIB:.2f}" if rec["name"] != "total" else "",
+            "output MiB": f"{act['output'] / MIB:.2f}" if rec["name"] not in ("total", "unattributed") else "",
             f"{measure} MiB": f"{act[measure] / MIB:.2f}",
             f"{measure} %": f"{100 * rec['activation_share'][measure]:.2f}",
         })
@@ -91,6 +106,7 @@ def render(doc: dict, fmt: str, measure: str = "saved") -> str:
     memory = pd.DataFrame(memory_rows(doc))
     if fmt == "md":
         out = f"{caption(doc, measure)}\n\n{stages.to_markdown(index=False, disable_numparse=True)}\n"
+        out += "".join(f"\n{line}\n" for line in notes(doc))
         if len(memory):
             out += f"\n{memory_caption(doc)}\n\n{memory.to_markdown(index=False, disable_numparse=True)}\n"
         return out
@@ -117,6 +133,8 @@ def print_terminal(doc: dict, measure: str = "saved") -> None:
         table.add_row(*row.values(), end_section=row is rows[-2])
     table.add_row(*rows[-1].values(), style="bold")
     con.print(table)
+    for line in notes(doc):
+        con.print(line, highlight=False)
     mem = memory_rows(doc)
     if mem:
         t2 = Table(title="Peak training memory", caption=memory_caption(doc), caption_justify="left")

@@ -4,7 +4,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from archspec.profile.analytic import stage_params
+from archspec.profiling.analytic import stage_params
 from archspec.spec.notation import format_block, format_downsample, format_size
 from archspec.spec.schema import Spec
 from archspec.spec.validate import infer_shapes

@@ -428,8 +428,8 @@ def validate_config(cfg: TrainConfig, memory_budget: int | str | None = None, ch
     optimizer fits. ``check_data``: the data root must exist (otherwise it is only reported).
     Raises ConfigError / UserError with one line."""
     from archspec.nn.compiler import compile_spec
-    from archspec.profile.memory import local_stages
-    from archspec.profile.profiler import profile
+    from archspec.profiling.memory import local_stages
+    from archspec.profiling.profiler import profile
 
     spec = load_training_spec(cfg)
     size = spec.input_size[0]

@@ -1,6 +1,6 @@
 """Measured peak tensor memory of real training steps (the runner's own), per step.
 
-On the CPU, :class:`archspec.profile.tensor_memory.TensorMemory` counts every storage the
+On the CPU, :class:`archspec.profiling.tensor_memory.TensorMemory` counts every storage the
 run's operators create and frees (it does not see kernels' own workspaces or the allocator's
 rounding); on CUDA, ``torch.cuda.max_memory_allocated`` (which does). The peak of a step is
 what the run holds before it (weights, buffers, optimizer state) plus the peak of what the step
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from archspec.profile.tensor_memory import TensorMemory, held_bytes
+from archspec.profiling.tensor_memory import TensorMemory, held_bytes
 
 
 def run_tensors(runner) -> list[torch.Tensor]:

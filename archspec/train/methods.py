@@ -1,7 +1,7 @@
 """Where the contrastive losses sit and where gradients stop: SimCLR, GIM and LoCo.
 
 All three train the same StagedNet. Its stages are grouped into *local stages* by
-:func:`archspec.profile.memory.local_stages` (the stem joins the first residual stage), and
+:func:`archspec.profiling.memory.local_stages` (the stem joins the first residual stage), and
 every decoder, loss and log entry is keyed by the local stage's label: its stage names joined
 by ``+`` (``conv1+res2``, ``res3``, ...), the labels the profiler uses too.
 
@@ -21,7 +21,7 @@ units' gradients at its output, while the gradient it passes *down* must be unit
     stage k's weights <- backward of y_k with a_k + b_{k+1}   (frees stage k's graph)
 
 Only the middle stages run two backward passes; the last stage does both in one. At most two
-stages' graphs are alive at once, as in the memory model of archspec.profile.memory.
+stages' graphs are alive at once, as in the memory model of archspec.profiling.memory.
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ from torch import nn
 
 from archspec.nn.compiler import StagedNet
 from archspec.nn.decoders import Decoder, DecoderConfig
-from archspec.profile.memory import local_stages
+from archspec.profiling.memory import local_stages
 from archspec.train.losses import nt_xent
 from archspec.train.precision import FULL
 

@@ -16,7 +16,7 @@ from archspec.train.precision import weight_dtype
 
 def stage_plan(spec) -> tuple[list[list[str]], list[str], list[tuple[tuple, tuple]]]:
     """Local stages, their labels and (input, output) shapes (C, H, W) from the spec."""
-    from archspec.profile.memory import local_stages
+    from archspec.profiling.memory import local_stages
     from archspec.spec.validate import infer_shapes
 
     groups = local_stages(spec)

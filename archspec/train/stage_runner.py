@@ -251,7 +251,7 @@ class StageRunner(StageCheckpoints, Schedules, Messages, Runner):
         # $ARCHSPEC_MEASURE_MEMORY=1: this rank's peak of tensor memory (benchmarks/bench_memory.py)
         tracker, held = None, 0
         if os.environ.get("ARCHSPEC_MEASURE_MEMORY") == "1":
-            from archspec.profile.tensor_memory import TensorMemory, held_bytes
+            from archspec.profiling.tensor_memory import TensorMemory, held_bytes
             from archspec.train.measure import run_tensors
 
             existing = run_tensors(self)

@@ -6,7 +6,7 @@ seen is counted, with a weakref finalizer that subtracts it when the storage is 
 keeps a storage's Python object alive as long as the storage lives, so this also follows the
 tensors only autograd holds). Views and in-place results share a storage and count once. On
 the meta device nothing is allocated and the count is the same: that is how the profiler
-predicts a training step's peak (archspec.profile.step_memory), and, on the CPU, how
+predicts a training step's peak (archspec.profiling.step_memory), and, on the CPU, how
 ``benchmarks/bench_memory.py`` measures a real one. Not seen: memory a kernel allocates and
 frees inside itself (oneDNN / cuDNN workspaces) and the allocator's rounding and caching.
 """
@@ -167,11 +167,11 @@ class TensorMemory(TorchDispatchMode):
 
     @classmethod
     def _should_skip_dynamo(cls) -> bool:
-        # as archspec.profile.traced._Counter: keeps torch._dynamo from being imported
+        # as archspec.profiling.traced._Counter: keeps torch._dynamo from being imported
         return False
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        from archspec.profile.meta_shapes import META_SHORTCUTS as _META_SHORTCUTS
+        from archspec.profiling.meta_shapes import META_SHORTCUTS as _META_SHORTCUTS
 
         kwargs = kwargs or {}
         first = args[0] if args and not isinstance(args[0], (list, tuple)) else (args[0][0] if args and args[0] else None)

@@ -9,8 +9,8 @@ differences are printed by ``archspec profile presnet50 --paper``.
 """
 from __future__ import annotations
 
-from archspec.profile.analytic import stage_counts
-from archspec.profile.memory import local_stages
+from archspec.profiling.analytic import stage_counts
+from archspec.profiling.memory import local_stages
 from archspec.spec.schema import Spec
 
 TABLE6_OPS = ("conv", "fc", "bn", "pool")

@@ -4,7 +4,7 @@ The step is the training runner's own: the batch and its two views, then
 ``archspec.train.methods``' forward and backward of the method (the same code a run executes,
 with its detaches, its split LoCo backward and the order in which stages free their tensors),
 on the encoder and decoders built on the meta device, counted by
-:class:`~archspec.profile.tensor_memory.TensorMemory` (nothing is allocated). The optimizer step
+:class:`~archspec.profiling.tensor_memory.TensorMemory` (nothing is allocated). The optimizer step
 comes after the backward and is added from its state and temporaries (torch's per-tensor
 CPU implementations; see :func:`update_temporaries`). So the prediction holds, at the peak:
 
@@ -27,8 +27,8 @@ from dataclasses import dataclass
 import torch
 
 from archspec.nn.decoders import DecoderConfig
-from archspec.profile.memory import OPTIMIZER_STATES
-from archspec.profile.tensor_memory import TensorMemory, held_bytes
+from archspec.profiling.memory import OPTIMIZER_STATES
+from archspec.profiling.tensor_memory import TensorMemory, held_bytes
 from archspec.spec.schema import Spec
 
 

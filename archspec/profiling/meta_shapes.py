@@ -60,8 +60,9 @@ def _window_out(size: int, kernel: int, stride: int, padding: int, dilation: int
 def _conv_shape(args):
     """aten.convolution(input, weight, bias, stride, padding, dilation, transposed, ...)."""
     x, weight, stride, padding, dilation, transposed = args[0], args[1], args[3], args[4], args[5], args[6]
-    if transposed or x.dim() != 4:
-        return NotImplemented
+    groups = args[8] if len(args) > 8 else 1
+    if transposed or x.dim() != 4 or x.shape[1] != weight.shape[1] * groups:
+        return NotImplemented  # PyTorch's own meta function checks it (and says what is wrong)
     (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
     kh, kw = weight.shape[2:]
     return x.new_empty((x.shape[0], weight.shape[0], _window_out(x.shape[2], kh, sh, ph, dh),
@@ -99,8 +100,10 @@ def _max_pool_shapes(args):
 # the same graph and saves the same tensors (tests compare with a real run, byte for byte).
 META_SHORTCUTS = {
     aten.add: _elementwise,
-    aten.addmm: lambda args: args[1].new_empty((args[1].shape[0], args[2].shape[1])),
-    aten.mm: lambda args: args[0].new_empty((args[0].shape[0], args[1].shape[1])),
+    aten.addmm: lambda args: args[1].new_empty((args[1].shape[0], args[2].shape[1]))
+    if args[1].shape[1] == args[2].shape[0] else NotImplemented,
+    aten.mm: lambda args: args[0].new_empty((args[0].shape[0], args[1].shape[1]))
+    if args[0].shape[1] == args[1].shape[0] else NotImplemented,
     aten.div: _elementwise,
     aten.mean: _mean_shape,
     aten.sum: _mean_shape,

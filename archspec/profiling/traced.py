@@ -4,7 +4,7 @@ Nothing is allocated, so tracing costs the same at batch 1 and batch 256. Per st
 MACs by op class in the forward and in the backward pass (the real autograd graph, not a
 fixed factor), and the exact bytes autograd saves for backward (parameters and buffers
 excluded, each storage counted once). The op classes and their costs are those of
-archspec.profile.analytic, so the two can be held equal.
+archspec.profiling.analytic, so the two can be held equal.
 """
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from torch import nn
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from archspec.profile.analytic import OP_CLASSES
-from archspec.profile.meta_shapes import META_SHORTCUTS as _META_SHORTCUTS
+from archspec.profiling.analytic import OP_CLASSES
+from archspec.profiling.meta_shapes import META_SHORTCUTS as _META_SHORTCUTS
 
 aten = torch.ops.aten
 

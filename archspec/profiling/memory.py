@@ -1,7 +1,7 @@
 """Local stages and the plan of a training step's peak memory.
 
 The peak itself is computed by running the training runner's step on meta tensors
-(:mod:`archspec.profile.step_memory`); :class:`MemoryPlan` is its breakdown. The stem (leading
+(:mod:`archspec.profiling.step_memory`); :class:`MemoryPlan` is its breakdown. The stem (leading
 ``conv`` stages, e.g. conv1) joins the first residual stage as one local stage, as in the paper.
 """
 from __future__ import annotations
@@ -43,7 +43,7 @@ def local_stages(spec: Spec) -> list[list[str]]:
 
 @dataclass
 class MemoryPlan:
-    """Bytes at the peak of a step, by what holds them (archspec.profile.step_memory.StepPeak)."""
+    """Bytes at the peak of a step, by what holds them (archspec.profiling.step_memory.StepPeak)."""
 
     method: str
     weights: int  # encoder weights (the untrained head's too) and batch-norm buffers

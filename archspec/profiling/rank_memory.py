@@ -5,9 +5,9 @@ optimizer state and its decoder; per step it receives its input, runs the schedu
 stage (:class:`archspec.train.schedule.Schedules`: ``sync_step``, or ``_pipelined_batch`` with its
 bounded send queues and, for LoCo, the previous batch's graph and weight snapshot), sends its
 output and gradient, and steps its optimizer. This module runs exactly that code on the meta
-device under :class:`~archspec.profile.tensor_memory.TensorMemory`, with the messages replaced by
+device under :class:`~archspec.profiling.tensor_memory.TensorMemory`, with the messages replaced by
 meta tensors of the same shapes (a received tensor is a new buffer; a sent one stays referenced
-until its send would complete), and adds the optimizer step as :mod:`archspec.profile.step_memory`
+until its send would complete), and adds the optimizer step as :mod:`archspec.profiling.step_memory`
 does. The pipelined schedule is run for three batches and its steady state (the third) is taken.
 """
 from __future__ import annotations
@@ -19,9 +19,9 @@ from types import SimpleNamespace
 import torch
 
 from archspec.nn.decoders import DecoderConfig
-from archspec.profile.memory import OPTIMIZER_STATES, local_stages
-from archspec.profile.step_memory import StepPeak, _direct_autograd, update_temporaries
-from archspec.profile.tensor_memory import TensorMemory, held_bytes
+from archspec.profiling.memory import OPTIMIZER_STATES, local_stages
+from archspec.profiling.step_memory import StepPeak, _direct_autograd, update_temporaries
+from archspec.profiling.tensor_memory import TensorMemory, held_bytes
 from archspec.spec.schema import Spec
 
 

@@ -9,11 +9,11 @@ import torch
 
 from archspec.errors import UserError
 from archspec.nn.compiler import StagedNet
-from archspec.profile.analytic import OP_CLASSES, stage_counts
+from archspec.profiling.analytic import OP_CLASSES, stage_counts
 from archspec.nn.decoders import DecoderConfig
-from archspec.profile.memory import METHODS, OPTIMIZER_STATES, MemoryPlan, local_stages
-from archspec.profile.step_memory import step_peak
-from archspec.profile.traced import trace
+from archspec.profiling.memory import METHODS, OPTIMIZER_STATES, MemoryPlan, local_stages
+from archspec.profiling.step_memory import step_peak
+from archspec.profiling.traced import trace
 from archspec.spec.resize import at_input_size
 from archspec.spec.schema import Spec
 
@@ -41,7 +41,10 @@ class StageProfile:
 
 @dataclass
 class Profile:
-    spec: Spec
+    """A per-stage profile of a spec, or of any nn.Module by named stages (``spec`` is None then,
+    and ``source`` names the module; archspec.profiling.module_profile)."""
+
+    spec: Spec | None
     batch: int
     dtype: str
     optimizer: str
@@ -49,6 +52,43 @@ class Profile:
     stages: list[StageProfile]
     memory: dict = field(default_factory=dict)
     groups: list[list[str]] = field(default_factory=list)
+    source: dict = field(default_factory=dict)  # modules: name, title, input_shape
+    unknown: dict = field(default_factory=dict)  # stage -> {aten op: calls} the counter does not know
+
+    @property
+    def name(self) -> str:
+        return self.spec.name if self.spec is not None else self.source["name"]
+
+    @property
+    def title(self) -> str:
+        return self.spec.title if self.spec is not None else self.source.get("title", "")
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return tuple(self.spec.input_size) if self.spec is not None else tuple(self.source["input_shape"][1:])
+
+    @property
+    def measures(self) -> dict:
+        """The activation measures this profile has, with their definitions."""
+        return {m: measure_text(m, self.spec) for m in self.stages[0].activations}
+
+    def to_frame(self):
+        """One row per stage and the total (pandas): params, MACs and FLOPs forward and backward
+        per image (the profile's ops), activation bytes per measure at the profile's batch."""
+        import pandas as pd
+
+        rows = []
+        for row in self.stages + [self.total()]:
+            fwd, bwd = self.macs(row), self.macs(row, backward=True)
+            rows.append({"stage": row.name, "params": row.params, "fwd_macs": fwd, "fwd_flops": 2 * fwd,
+                         "bwd_macs": bwd, "bwd_flops": 2 * bwd,
+                         **{f"{m}_bytes": v for m, v in row.activations.items()}})
+        return pd.DataFrame(rows).set_index("stage")
+
+    def to_json(self, indent: int | None = 2) -> str:
+        import json
+
+        return json.dumps(self.to_dict(), indent=indent) + "\n"
 
     @property
     def bytes_per_element(self) -> int:
@@ -83,18 +123,23 @@ class Profile:
                                      for m in row.activations},
             }
 
-        spec = self.spec
         doc = {
             "schema": SCHEMA,
-            "spec": spec.name,
-            "title": spec.title,
-            "settings": {"batch": self.batch, "input_size": list(spec.input_size), "dtype": self.dtype,
+            "spec": self.name,
+            "title": self.title,
+            "settings": {"batch": self.batch, "input_size": list(self.input_size), "dtype": self.dtype,
                          "bytes_per_element": self.bytes_per_element, "optimizer": self.optimizer,
                          "ops": list(self.ops)},
-            "conventions": conventions(self.ops),
+            "conventions": conventions(self.ops, self.spec, self.measures),
             "stages": [record(r) for r in self.stages],
             "total": record(total),
         }
+        if self.spec is None:
+            doc["source"] = {"module": self.source["name"], "input_shape": list(self.source["input_shape"])}
+            doc["local_stages"] = self.groups
+            doc["training_memory"] = None
+        if self.unknown:
+            doc["unknown_ops"] = self.unknown
         if self.memory:
             simclr = self.memory["simclr"].total
             doc["training_memory"] = {
@@ -105,10 +150,31 @@ class Profile:
         return doc
 
 
-def conventions(ops) -> dict:
-    return {
-        "mac": "one multiply-accumulate; conv: Cout*Hout*Wout*(Cin/groups)*k*k, fc: in*out (biases not counted); "
-               "bn, relu, add: 1 per element; max pool: k*k per output, global pool: 1 per input element; "
+def measure_text(measure: str, spec: Spec | None = None) -> str:
+    if measure == "block_outputs" and spec is not None and not spec.has_residual_blocks:
+        return "sum of every conv block's output in the stage (the network has no residual blocks to count)"
+    return ACTIVATION_MEASURES[measure]
+
+
+MODULE_TRAINING_MEMORY = ("not estimated for a module (training_memory is null): the peak-memory model needs a "
+                          "spec (the runner's step with a decoder per local stage); 'saved' is the exact "
+                          "activation part of a training step")
+
+
+def local_stage_text(spec: Spec | None) -> str:
+    if spec is None:
+        return "the named stages, one each; ops outside them (unattributed) and nothing else are left out"
+    if not spec.has_residual_blocks:
+        return "every spec stage is its own (the network has no residual blocks, so no stem to fold); " \
+               "the head is left out"
+    return "a leading all-conv stem folds into the first residual stage; the head is left out"
+
+
+def conventions(ops, spec: Spec | None = None, measures: dict | None = None) -> dict:
+    out = {
+        "mac": "one multiply-accumulate; conv: Cout*Hout*Wout*(Cin/groups)*k*k, fc: in*out; bias: 1 per output "
+               "element of a conv or fc with a bias; bn, norm, relu, act (other activations), add, mul, dropout: 1 per "
+               "element; max and average pools: k*k per output, global and adaptive pools: 1 per input element; "
                "bilinear: 4 per output element",
         "flop": "2 x MAC",
         "ops_counted": list(ops),
@@ -118,8 +184,26 @@ def conventions(ops) -> dict:
                     "gradient accumulation 1, pooling 1 per input element, bilinear 4 per output element",
         "compute": "per image (traced at the batch of the settings and divided by it: every count is linear in it)",
         "memory": "activation bytes for the batch of the settings; training memory for 2 views x batch images",
-        "activation_measures": ACTIVATION_MEASURES,
+        "activation_measures": measures if measures is not None else ACTIVATION_MEASURES,
     }
+    if spec is None:  # a module's profile: no spec to fold a stem from, no training-memory model
+        out["memory"] = "activation bytes for the batch of the settings"
+        out["local_stages"] = local_stage_text(None)
+        out["training_memory"] = MODULE_TRAINING_MEMORY
+    return out
+
+
+def check_settings(batch: int, dtype: str, optimizer: str, ops) -> None:
+    """One-line errors for settings no profile can have."""
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise UserError(f"batch must be a positive integer, got {batch!r}")
+    if dtype not in DTYPES:
+        raise UserError(f"unknown dtype '{dtype}' (hint: use one of {', '.join(DTYPES)})")
+    if optimizer not in OPTIMIZER_STATES:
+        raise UserError(f"unknown optimizer '{optimizer}' (hint: use one of {', '.join(OPTIMIZER_STATES)})")
+    unknown = [o for o in ops if o not in OP_CLASSES]
+    if unknown:
+        raise UserError(f"unknown op class {unknown[0]!r} (hint: use some of {', '.join(OP_CLASSES)} or 'all')")
 
 
 def _meta_net(spec: Spec, dtype: torch.dtype) -> StagedNet:
@@ -137,15 +221,7 @@ def profile(spec: Spec, *, batch: int = 256, size: tuple[int, int] | None = None
             optimizer: str = "sgd", ops=DEFAULT_OPS, training: bool = True,
             decoder: DecoderConfig = DecoderConfig(), weight_decay: float = 1e-6,
             exclude_bn_bias: bool = True) -> Profile:
-    if batch < 1:
-        raise UserError(f"batch must be a positive integer, got {batch}")
-    if dtype not in DTYPES:
-        raise UserError(f"unknown dtype '{dtype}' (hint: use one of {', '.join(DTYPES)})")
-    if optimizer not in OPTIMIZER_STATES:
-        raise UserError(f"unknown optimizer '{optimizer}' (hint: use one of {', '.join(OPTIMIZER_STATES)})")
-    unknown = [o for o in ops if o not in OP_CLASSES]
-    if unknown:
-        raise UserError(f"unknown op class {unknown[0]!r} (hint: use some of {', '.join(OP_CLASSES)} or 'all')")
+    check_settings(batch, dtype, optimizer, ops)
     if size is not None:
         spec = at_input_size(spec, size)
     torch_dtype = DTYPES[dtype]
@@ -163,11 +239,12 @@ def profile(spec: Spec, *, batch: int = 256, size: tuple[int, int] | None = None
                          "conv_outputs": t.conv_output_elems * bpe,
                          "block_outputs": batch * analytic[name].block_output_elems * bpe,
                          "saved": t.saved_bytes}))
-    result = Profile(spec, batch, dtype, optimizer, tuple(ops), rows)
+    result = Profile(spec, batch, dtype, optimizer, tuple(ops), rows,
+                     unknown={n: dict(t.unknown) for n, t in traced.items() if t.unknown})
     if training:
         result.groups = local_stages(spec)
         result.memory = {}
-        for method in METHODS:  # the runner's step, run on meta tensors (archspec.profile.step_memory)
+        for method in METHODS:  # the runner's step, run on meta tensors (archspec.profiling.step_memory)
             peak = step_peak(spec, method, batch, torch_dtype, optimizer, decoder, weight_decay, exclude_bn_bias,
                              net=net)
             result.memory[method] = MemoryPlan(method, weights=peak.weights, gradients=peak.gradients,
