@@ -29,11 +29,11 @@ def available() -> list[str]:
 def resolve(name_or_path: str) -> Path:
     """A spec name from specs/ or a path to a YAML file."""
     path = Path(name_or_path)
-    from archspec.api import is_module_ref
+    from archspec.commands.targets import is_module_ref
 
     if is_module_ref(name_or_path) and not path.exists():
         raise SpecError(f"'{name_or_path}' is a module:callable, and this needs a spec",
-                        hint="module:callable works with archspec profile, compare, balance and split, and "
+                        hint="module:callable works with archspec profile, compare and balance, and "
                              "archspec.profile() in Python; here give a spec name or a .yaml path")
     if path.suffix in (".yaml", ".yml") or path.parent != Path(".") or path.exists():
         if not path.is_file():
