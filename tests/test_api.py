@@ -118,6 +118,7 @@ def test_stages_as_names_dotted_names_and_a_callable():
     # the stem, pooling and fc ran outside both stages: their own row, not the neighbours'
     stem_macs = 8 * 32 * 32 * 3 * 49
     assert by_name.stages[2].forward["conv"] == stem_macs
+    assert by_name.total().params == sum(p.numel() for p in model.parameters())  # conv1, bn1, fc: unattributed
     assert by_name.stages[0].forward["conv"] == flop_counter_macs(model.layer1, torch.empty(1, 8, 16, 16))
     dotted = archspec.profile(model, input_size=64, stages=["layer1.0", "layer1.1"])
     assert [r.name for r in dotted.stages][:2] == ["layer1.0", "layer1.1"]

@@ -136,6 +136,9 @@ def profile_module(model: nn.Module, input_size, *, stages=None, batch: int = 1,
     finally:
         for module, training in modes.items():
             module.train(training)
+    if UNATTRIBUTED in traced:  # the parameters of modules outside every stage (a stem, an fc)
+        inside = {id(p) for sub in named.values() for p in sub.parameters()}
+        traced[UNATTRIBUTED].params = sum(p.numel() for p in model.parameters() if id(p) not in inside)
     rows = []
     for stage_name, t in traced.items():
         out_elems = math.prod(t.output_shape) if t.output_shape else 0
