@@ -83,7 +83,7 @@ def show(spec, as_yaml):
 @click.option("--optimizer", type=click.Choice(["sgd", "lars", "adam"]), default="sgd", show_default=True,
               help="Optimizer whose state counts in training memory (sgd/lars: momentum; adam: 2 moments).")
 @click.option("--ops", default="conv,fc", show_default=True, callback=ops_option_callback,
-              help="Op classes counted in FLOPs: conv,fc,bn,relu,add,pool,interp or 'all'.")
+              help="Op classes counted in FLOPs: some of conv,fc,bias,bn,norm,relu,act,add,mul,pool,interp,dropout, or 'all'.")
 @click.option("--measure", type=click.Choice(["output", "conv_outputs", "block_outputs", "saved"]), default="saved",
               show_default=True, help="Activation-memory measure shown beside the stage output (all are in JSON/CSV).")
 @click.option("--format", "fmt", type=click.Choice(["table", "md", "tex", "csv", "json"]), default="table",
