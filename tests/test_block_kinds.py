@@ -2,6 +2,8 @@
 even and average pools, zero-pad shortcuts, multi-layer heads. The shipped specs are held to
 published parameter counts and to MACs counted by FlopCounterMode on networks written here by
 hand (independently of archspec's compiler)."""
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -239,3 +241,68 @@ def test_a_network_without_residual_blocks_keeps_its_stages_and_conv_blocks():
 
     chain = build_chain(spec)
     assert chain.n == 13 and chain.blocks[0].label == "conv1.1"
+
+
+# -- everything else works on the new kinds ---------------------------------------------------
+MICRO_MOBILE = """
+name: micro_mobile
+input: {channels: 1, size: 8x8}
+stages:
+  - {name: conv1, output_size: 8x8, blocks: ['conv [3x3, 8, bias] x1, hardswish']}
+  - {name: ir2, output_size: 4x4, blocks: ['inverted [1x1, 16; 3x3, 16, dw, stride 2; 1x1, 8] x2, relu6, se 0.25']}
+  - {name: res3, output_size: 2x2, blocks: ['basic [3x3, 16, stride 2; 3x3, 16] x1, silu, shortcut pad']}
+  - {name: conv4, output_size: 1x1, downsample: 'avgpool 2x2, stride 2', blocks: ['conv [1x1, 16] x1, gelu']}
+head: {fc: null}
+"""
+
+
+@pytest.mark.parametrize("method", ["simclr", "gim", "loco"])
+def test_training_runs_on_the_new_kinds(tmp_path, method):
+    import yaml
+
+    from archspec.train.config import load_config
+    from archspec.train.loop import read_log, train
+
+    (tmp_path / "micro.yaml").write_text(MICRO_MOBILE)
+    config = {"spec": "micro.yaml", "method": method, "data": {"kind": "digits", "size": 8}, "batch": 16,
+              "epochs": 1, "optimizer": {"name": "sgd", "lr": 0.05, "lr_scaling": "none"},
+              "schedule": {"warmup_steps": 1}, "decoders": {"hidden": 16, "out_dim": 16}, "temperature": 0.5,
+              "augment": {"scale": [0.5, 1.0], "flip_p": 0.0, "blur_p": 0.0, "gray_p": 0.0}, "threads": 1,
+              "checkpoint_every": 100, "tensorboard": False}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    result = train(load_config(tmp_path / "run.yaml"), tmp_path / "run", max_steps=3, progress=False)
+    assert result.step == 3
+    rows = read_log(tmp_path / "run")
+    assert len(rows) == 3 and all(v == v for r in rows for k, v in r.items() if k.startswith("loss"))
+
+
+def run_cli(*args):
+    from click.testing import CliRunner
+
+    from archspec.cli import main
+
+    return CliRunner().invoke(main, list(args), terminal_width=200)
+
+
+def test_balance_and_split_on_a_network_without_residual_blocks_say_so():
+    result = run_cli("balance", "vgg16_bn", "--batch", "2", "--format", "md")
+    assert result.exit_code == 0, result.output
+    assert "no residual blocks" in result.output
+    rows = [line.split("|") for line in result.output.splitlines() if line.startswith("| conv")]
+    assert len(rows) == 5 and all(float(r[5].strip(" *")) > 1 for r in rows)  # memory %: never a silent 0.00
+    split = run_cli("split", "vgg16_bn", "--stages", "4")
+    assert split.exit_code == 0 and "chain: every conv block (the network has no residual blocks)" in split.output
+    prof = json.loads(run_cli("profile", "vgg16_bn", "--batch", "1", "--format", "json").output)
+    assert "no residual blocks" in prof["conventions"]["activation_measures"]["block_outputs"]
+    assert prof["training_memory"]["local_stages"] == [[n] for n in load_spec("vgg16_bn").stage_names]
+
+
+@pytest.mark.parametrize("command", [["compare", "mobilenet_v2", "resnet50", "--format", "md"],
+                                     ["table", "mobilenet_v2", "vgg16_bn", "resnet20_cifar", "--format", "tex"],
+                                     ["profile", "mobilenet_v2", "--format", "csv"],
+                                     ["balance", "resnet20_cifar", "--format", "json"],
+                                     ["split", "mobilenet_v2", "--stages", "4", "--by", "mix"],
+                                     ["show", "resnext50_32x4d"], ["validate", "wide_resnet50_2"]])
+def test_every_command_works_on_the_new_specs(command):
+    result = run_cli(*command)
+    assert result.exit_code == 0, result.output

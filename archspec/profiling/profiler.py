@@ -180,15 +180,16 @@ def conventions(ops, spec: Spec | None = None, measures: dict | None = None) -> 
         "ops_counted": list(ops),
         "all_ops": list(OP_CLASSES),
         "backward": "traced from the autograd graph from a gradient of ones on the stage chain's output: conv and fc "
-                    "grad input + grad weight exactly (no grad input for the first conv), bn 2 per element, relu 1, "
-                    "gradient accumulation 1, pooling 1 per input element, bilinear 4 per output element",
+                    "grad input + grad weight exactly (no grad input for the first conv), bias gradients 1 per "
+                    "output-gradient element, bn and norm 2 per element, relu and act 1, mul and dropout 1 per "
+                    "product, gradient accumulation 1, pooling 1 per input element, bilinear 4 per output element",
         "compute": "per image (traced at the batch of the settings and divided by it: every count is linear in it)",
         "memory": "activation bytes for the batch of the settings; training memory for 2 views x batch images",
         "activation_measures": measures if measures is not None else ACTIVATION_MEASURES,
+        "local_stages": local_stage_text(spec),
     }
     if spec is None:  # a module's profile: no spec to fold a stem from, no training-memory model
         out["memory"] = "activation bytes for the batch of the settings"
-        out["local_stages"] = local_stage_text(None)
         out["training_memory"] = MODULE_TRAINING_MEMORY
     return out
 
