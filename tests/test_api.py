@@ -249,7 +249,7 @@ def test_cli_profiles_a_module_callable(user_code):
     (["profile", "nosuchmodule:build"], "cannot import 'nosuchmodule'"),
     (["profile", "usermodels:nope"], "has no attribute 'nope'"),
     (["profile", "usermodels:not_a_model"], "not an nn.Module"),
-    (["profile", "usermodels:broken"], "calling usermodels:broken\\(\\) failed: no weights here"),
+    (["profile", "usermodels:broken"], "calling usermodels:broken\\(\\) failed: RuntimeError: no weights here"),
     (["profile", "usermodels:build", "--stages", "layer3"], "no submodule 'layer3'"),
     (["profile", "usermodels:build", "--paper"], "--paper is the LoCo paper's Table 6 view"),
     (["profile", "resnet18", "--stages", "res2"], "--stages is for module:callable targets"),

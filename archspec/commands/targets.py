@@ -3,50 +3,10 @@ nn.Module, or a zero-argument callable returning one) from the user's own code. 
 commands turn either into a profile document the same way."""
 from __future__ import annotations
 
-import importlib
-import re
-import sys
-
+from archspec.api import is_module_ref, load_module  # one parser of module:callable for the API and the CLI
 from archspec.errors import UserError
 
-_MODULE_REF = re.compile(r"^([A-Za-z_][\w.]*):([A-Za-z_][\w.]*)$")
 DEFAULT_MODULE_SIZE = (224, 224)
-
-
-def is_module_ref(text: str) -> bool:
-    return bool(_MODULE_REF.match(str(text)))
-
-
-def load_module(ref: str):
-    """``mypkg.models:build`` -> the nn.Module it names (the current directory is importable,
-    as with ``python -m``)."""
-    from torch import nn
-
-    mod_name, attr = _MODULE_REF.match(ref).groups()
-    if "" not in sys.path and "." not in sys.path:
-        sys.path.insert(0, "")
-    try:
-        module = importlib.import_module(mod_name)
-    except Exception as exc:  # ImportError, or an error inside the user's module: one line
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise UserError(f"cannot import '{mod_name}' for {ref}: {first} "
-                        "(hint: run from the directory that holds it, or put it on PYTHONPATH)") from None
-    obj = module
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise UserError(f"'{mod_name}' has no attribute '{attr}' (hint: write MODULE:ATTRIBUTE, e.g. mypkg.models:build)")
-        obj = getattr(obj, part)
-    if not isinstance(obj, nn.Module):
-        if not callable(obj):
-            raise UserError(f"{ref} is a {type(obj).__name__}, not an nn.Module or a callable returning one")
-        try:
-            obj = obj()
-        except Exception as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise UserError(f"calling {ref}() failed: {first} (hint: it must take no arguments)") from None
-        if not isinstance(obj, nn.Module):
-            raise UserError(f"{ref}() returned a {type(obj).__name__}, not an nn.Module")
-    return obj
 
 
 def profile_doc(target: str, *, batch: int, size, dtype: str, ops, training: bool = True, stages=None,
