@@ -160,3 +160,11 @@ def test_no_unattributed_row_when_stages_cover_everything():
     x = torch.empty(N, C, H, W, device="meta")
     result = trace(model, {"all": model}, x)
     assert list(result) == ["all"]
+
+
+def test_every_op_of_the_shipped_specs_has_a_rule():
+    from archspec.profiling.profiler import profile
+    from archspec.spec import available, load_spec
+
+    for name in available():
+        assert profile(load_spec(name), batch=2, training=False).unknown == {}, name
