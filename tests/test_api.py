@@ -239,6 +239,8 @@ def test_cli_profiles_a_module_callable(user_code):
     assert doc["stages"][1]["forward"]["macs_by_op"]["act"] == 16 * 16 * 16  # SiLU
     table = runner.invoke(main, ["profile", "usermodels:net", "--size", "32"], terminal_width=200)
     assert table.exit_code == 0 and "layer2" in table.output and "A module profile" in table.output
+    split = runner.invoke(main, ["split", "usermodels:net", "--stages", "2", "--size", "32"])
+    assert split.exit_code == 0 and "stage1: stem .. layer1 (2)" in split.output, split.output
     for cmd in (["balance", "usermodels:net", "--size", "32"], ["compare", "usermodels:net", "resnet20_cifar",
                                                                   "--size", "32"]):
         res = runner.invoke(main, cmd, terminal_width=200)
@@ -254,6 +256,8 @@ def test_cli_profiles_a_module_callable(user_code):
     (["profile", "usermodels:build", "--paper"], "--paper is the LoCo paper's Table 6 view"),
     (["profile", "resnet18", "--stages", "res2"], "--stages is for module:callable targets"),
     (["balance", "usermodels:build", "--measure", "block_outputs"], "block_outputs needs a spec"),
+    (["split", "usermodels:build", "--stages", "2", "--by", "time"], "--by time needs a spec"),
+    (["table", "usermodels:build"], "is a module:callable, and this needs a spec"),
 ])
 def test_cli_module_errors_are_one_line(user_code, args, pattern):
     import re

@@ -6,7 +6,8 @@ import re
 
 import click
 
-from archspec.commands.common import SPEC_ARG
+from archspec.commands.common import SPEC_ARG, size_option_callback
+from archspec.commands.targets import DEFAULT_MODULE_SIZE, is_module_ref, load_module, stages_option_callback
 from archspec.errors import UserError
 
 BY = ("flops", "memory", "params", "time", "mix")
@@ -78,7 +79,11 @@ def _table(rows: list[list[str]], right: set[int]) -> list[str]:
               help="Timed rounds (median) for --by time.")
 @click.option("--threads", type=click.IntRange(min=1), help="Torch threads while timing (default: torch's).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the split as a spec (YAML) to FILE.")
-def split(spec, stages, by, memory_cap, batch, optimizer, time_batch, runs, threads, output):
+@click.option("--links", callback=stages_option_callback, metavar="A,B,...",
+              help="For a module:callable SPEC: the submodules that form the chain (default: its top-level children).")
+@click.option("--size", callback=size_option_callback, metavar="HxW",
+              help="For a module:callable SPEC: the input size (3 channels; default 224x224).")
+def split(spec, stages, by, memory_cap, batch, optimizer, time_batch, runs, threads, output, links, size):
     """Cut SPEC's chain of blocks into K contiguous stages minimising the largest stage's cost,
     and compare with the spec's own stages, a uniform split and a parameter-balanced one.
 
@@ -91,6 +96,11 @@ def split(spec, stages, by, memory_cap, batch, optimizer, time_batch, runs, thre
         raise UserError(f"unknown --by '{by}' (hint: {hint})")
     if stages < 1:
         raise UserError(f"--stages must be at least 1, got {stages}")
+    if is_module_ref(spec):
+        return _split_module(spec, stages, by, batch, optimizer, links, size,
+                             refused=[o for o, v in (("--memory-cap", memory_cap), ("-o", output)) if v])
+    if links is not None or size is not None:
+        raise UserError("--links and --size are for module:callable targets (hint: a spec's chain is its blocks)")
     cap = parse_bytes(memory_cap) if memory_cap is not None else None
 
     from archspec.design import chain as ch
@@ -204,3 +214,21 @@ def split(spec, stages, by, memory_cap, batch, optimizer, time_batch, runs, thre
 
 
 COMMANDS = [split]
+
+
+def _split_module(ref, k, by, batch, optimizer, links, size, refused):
+    """A module's chain is its named submodules, costed by the profile (archspec.split)."""
+    import archspec
+
+    if refused or by == "time":
+        raise UserError(f"{', '.join(refused) or '--by time'} needs a spec (hint: for module:callable use --by "
+                        "flops, memory, params or mix)")
+    model = load_module(ref)
+    prof = archspec.profile(model, (3, *(size or DEFAULT_MODULE_SIZE)), stages=links, batch=batch,
+                            optimizer=optimizer, name=ref, ops=("conv", "fc", "bn", "pool"))
+    result = archspec.split(prof, k, by=by)
+    click.echo(f"{ref}: {len(result.labels)} named submodules into {k} stages by {by}")
+    click.echo("chain: the named submodules in order (ops outside them not included); flops: forward MACs per image "
+               "of conv+fc+bn+pool" + (f"; memory: saved bytes at batch {batch} + weights, gradients and {optimizer} "
+                                        "state" if by in ("memory", "mix") else ""))
+    click.echo(str(result))
