@@ -111,7 +111,8 @@ def specs(draw) -> Spec:
             ds = Downsample(ds_kind, kernel=draw(st.sampled_from(POOL_KERNELS)), stride=draw(st.integers(1, 3)))
             if min(pool_out(h, ds.kernel, ds.stride), pool_out(w, ds.kernel, ds.stride)) < 1:
                 ds, ds_kind = Downsample("none"), "none"  # the pool would leave nothing
-            h, w = pool_out(h, ds.kernel, ds.stride), pool_out(w, ds.kernel, ds.stride)
+            else:
+                h, w = pool_out(h, ds.kernel, ds.stride), pool_out(w, ds.kernel, ds.stride)
         elif ds_kind == "bilinear":
             ds = Downsample("bilinear")
             h, w = draw(st.integers(1, h)), draw(st.integers(1, w))
