@@ -107,8 +107,32 @@ def hand_resnet20():
     return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
 
 
+class HandBottleneck(nn.Module):
+    def __init__(self, cin, width, cout, stride, groups):
+        super().__init__()
+        self.body = nn.Sequential(_cbr(cin, width, 1), _cbr(width, width, 3, stride, groups=groups),
+                                  _cbr(width, cout, 1, act=None))
+        self.short = _cbr(cin, cout, 1, stride, act=None) if stride != 1 or cin != cout else nn.Identity()
+
+    def forward(self, x):
+        return F.relu(self.body(x) + self.short(x))
+
+
+def hand_resnet50_family(width_per_group, groups):
+    """torchvision's ResNet-50 layout: width = planes * width_per_group / 64 * groups."""
+    layers, cin = [_cbr(3, 64, 7, 2), nn.MaxPool2d(3, 2, 1)], 64
+    for planes, n, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
+        for i in range(n):
+            layers.append(HandBottleneck(cin, planes * width_per_group // 64 * groups, planes * 4,
+                                         stride if i == 0 else 1, groups))
+            cin = planes * 4
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2048, 1000))
+
+
 HAND = {"mobilenet_v2": (hand_mobilenet_v2, 224), "vgg16_bn": (hand_vgg16_bn, 224),
-        "resnet20_cifar": (hand_resnet20, 32)}
+        "resnet20_cifar": (hand_resnet20, 32),
+        "resnext50_32x4d": (lambda: hand_resnet50_family(4, 32), 224),
+        "wide_resnet50_2": (lambda: hand_resnet50_family(128, 1), 224)}
 
 
 @pytest.mark.parametrize("name", sorted(HAND))
