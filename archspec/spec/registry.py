@@ -33,7 +33,7 @@ def resolve(name_or_path: str) -> Path:
 
     if is_module_ref(name_or_path) and not path.exists():
         raise SpecError(f"'{name_or_path}' is a module:callable, and this needs a spec",
-                        hint="module:callable works with archspec profile, compare and balance, and "
+                        hint="module:callable works with archspec profile, compare, balance and split, and "
                              "archspec.profile() in Python; here give a spec name or a .yaml path")
     if path.suffix in (".yaml", ".yml") or path.parent != Path(".") or path.exists():
         if not path.is_file():
