@@ -212,6 +212,7 @@ MODELS = textwrap.dedent("""
         return Net()
 
     net = Net()
+    fixed = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Flatten(), nn.Linear(4 * 32 * 32, 10))  # 32x32 only
     not_a_model = 42
 
     def broken():
@@ -253,6 +254,7 @@ def test_cli_profiles_a_module_callable(user_code):
     (["profile", "usermodels:not_a_model"], "not an nn.Module"),
     (["profile", "usermodels:broken"], "calling usermodels:broken\\(\\) failed: RuntimeError: no weights here"),
     (["profile", "usermodels:build", "--stages", "layer3"], "no submodule 'layer3'"),
+    (["profile", "usermodels:fixed", "--size", "16"], r"fails on an input of shape \(256, 3, 16, 16\)"),
     (["profile", "usermodels:build", "--paper"], "--paper is the LoCo paper's Table 6 view"),
     (["profile", "resnet18", "--stages", "res2"], "--stages is for module:callable targets"),
     (["balance", "usermodels:build", "--measure", "block_outputs"], "block_outputs needs a spec"),
@@ -260,6 +262,20 @@ def test_cli_profiles_a_module_callable(user_code):
     (["table", "usermodels:build"], "is a module:callable, and this needs a spec"),
 ])
 def test_cli_module_errors_are_one_line(user_code, args, pattern):
+    import re
+
+    result = CliRunner().invoke(main, args)  # in-process (fast); the subprocess test below runs it for real
+    assert isinstance(result.exception, SystemExit) and result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and re.search(pattern, lines[0]), result.stderr
+
+
+@pytest.mark.parametrize("args, pattern", [
+    (["profile", "nosuchmodule:build"], "cannot import 'nosuchmodule'"),
+    (["profile", "usermodels:broken"], "calling usermodels:broken\\(\\) failed: RuntimeError: no weights here"),
+])
+def test_cli_module_errors_in_a_real_process(user_code, args, pattern):
     import re
 
     result = subprocess.run([sys.executable, "-m", "archspec.cli", *args], capture_output=True, text=True,
