@@ -90,8 +90,8 @@ def _main_path(cin: int, group: BlockGroup, first: bool, size, se_after: int | N
 class ConvChain(nn.Sequential):
     """A ``conv`` block: conv-BN-act for every conv, no shortcut (e.g. the stem); SE after the last."""
 
-    def __init__(self, cin: int, group: BlockGroup, first: bool):
-        layers = {}
+    def __init__(self, cin: int, group: BlockGroup, first: bool, size: tuple[int, int] | None = None):
+        layers = {}  # ``size`` is unused: a chain has no shortcut to decide
         for i, conv in enumerate(group.convs):
             layers[f"conv{i + 1}"] = ConvBN(cin, conv, conv.stride if first else 1, act=group.activation)
             cin = conv.channels
@@ -167,8 +167,6 @@ BLOCK_MODULES = {"conv": ConvChain, "basic": ResidualBlock, "bottleneck": Residu
 
 
 def block_module(group: BlockGroup, cin: int, first: bool, size: tuple[int, int] | None = None) -> nn.Module:
-    if group.kind == "conv":
-        return ConvChain(cin, group, first)
     return BLOCK_MODULES[group.kind](cin, group, first, size)
 
 
