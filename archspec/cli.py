@@ -8,7 +8,7 @@ import sys
 import click
 
 from archspec.commands.common import SPEC_ARG, emit, ops_option_callback, size_option_callback
-from archspec.commands.targets import stages_option_callback
+from archspec.commands.targets import channels_option, stages_option_callback
 from archspec.errors import UserError
 
 
@@ -93,7 +93,8 @@ def show(spec, as_yaml):
                                             "with the paper's figures and the differences where known.")
 @click.option("--stages", "module_stages", callback=stages_option_callback, metavar="A,B,...",
               help="For a module:callable SPEC: the submodules that are the stages (default: its top-level children).")
-def profile(spec, batch, size, dtype, optimizer, ops, measure, fmt, output, paper, module_stages):
+@channels_option()
+def profile(spec, batch, size, dtype, optimizer, ops, measure, fmt, output, paper, module_stages, channels):
     """Per-stage parameters, FLOPs (forward and backward), activation memory and peak
     training memory (SimCLR end-to-end, GIM, LoCo), counted on meta tensors.
 
@@ -120,7 +121,8 @@ def profile(spec, batch, size, dtype, optimizer, ops, measure, fmt, output, pape
         return emit(text, output)
     from archspec.report import profile_tables
 
-    doc = profile_doc(spec, batch=batch, size=size, dtype=dtype, ops=ops, optimizer=optimizer, stages=module_stages)
+    doc = profile_doc(spec, batch=batch, size=size, dtype=dtype, ops=ops, optimizer=optimizer, stages=module_stages,
+                      channels=channels)
     if fmt == "table" and not output:
         profile_tables.print_terminal(doc, measure)
         return

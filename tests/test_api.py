@@ -212,6 +212,7 @@ MODELS = textwrap.dedent("""
         return Net()
 
     net = Net()
+    gray = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 8, 3, padding=1))
     fixed = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Flatten(), nn.Linear(4 * 32 * 32, 10))  # 32x32 only
     not_a_model = 42
 
@@ -240,6 +241,13 @@ def test_cli_profiles_a_module_callable(user_code):
     assert doc["stages"][1]["forward"]["macs_by_op"]["act"] == 16 * 16 * 16  # SiLU
     table = runner.invoke(main, ["profile", "usermodels:net", "--size", "32"], terminal_width=200)
     assert table.exit_code == 0 and "layer2" in table.output and "A module profile" in table.output
+    gray = runner.invoke(main, ["profile", "usermodels:gray", "--channels", "1", "--size", "8", "--batch", "1",
+                                "--format", "json"])
+    assert gray.exit_code == 0, gray.output
+    assert json.loads(gray.output)["stages"][0]["forward"]["macs_by_op"]["conv"] == 4 * 8 * 8 * 9
+    for cmd in (["balance", "usermodels:gray", "--channels", "1", "--size", "8"],
+                ["split", "usermodels:gray", "--stages", "2", "--channels", "1", "--size", "8"]):
+        assert runner.invoke(main, cmd).exit_code == 0, cmd
     split = runner.invoke(main, ["split", "usermodels:net", "--stages", "2", "--size", "32"])
     assert split.exit_code == 0 and "stage1: stem .. layer1 (2)" in split.output, split.output
     for cmd in (["balance", "usermodels:net", "--size", "32"], ["compare", "usermodels:net", "resnet20_cifar",
@@ -257,6 +265,9 @@ def test_cli_profiles_a_module_callable(user_code):
     (["profile", "usermodels:fixed", "--size", "16"], r"fails on an input of shape \(256, 3, 16, 16\)"),
     (["profile", "usermodels:build", "--paper"], "--paper is the LoCo paper's Table 6 view"),
     (["profile", "resnet18", "--stages", "res2"], "--stages is for module:callable targets"),
+    (["profile", "resnet18", "--channels", "1"], "--channels is for module:callable targets"),
+    (["balance", "resnet18", "--channels", "1"], "--channels is for module:callable targets"),
+    (["profile", "usermodels:gray"], r"fails on an input of shape \(256, 3, 224, 224\)"),
     (["balance", "usermodels:build", "--measure", "block_outputs"], "block_outputs needs a spec"),
     (["split", "usermodels:build", "--stages", "2", "--by", "time"], "--by time needs a spec"),
     (["table", "usermodels:build"], "is a module:callable, and this needs a spec"),

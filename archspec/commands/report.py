@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from archspec.commands.common import SPEC_ARG, emit, ops_option_callback, size_option_callback
-from archspec.commands.targets import is_module_ref, stages_option_callback
+from archspec.commands.targets import channels_option, is_module_ref, stages_option_callback
 from archspec.errors import UserError
 
 MEASURES = ["output", "conv_outputs", "block_outputs", "saved"]
@@ -42,13 +42,14 @@ def _settings(f):
     return f
 
 
-def _profiles(specs, batch, size, dtype, ops, training=True, stages=None):
+def _profiles(specs, batch, size, dtype, ops, training=True, stages=None, channels=None):
     """Profile documents of specs or module:callable targets; ``training``: with the
     training-memory plans (specs only; balance shows them)."""
     from archspec.commands.targets import profile_doc
 
     return [profile_doc(s, batch=batch, size=size, dtype=dtype, ops=ops, training=training,
-                        stages=stages if is_module_ref(s) else None) for s in specs]
+                        stages=stages if is_module_ref(s) else None, channels=channels if is_module_ref(s) else None)
+            for s in specs]
 
 
 STAGES_OPTION = click.option("--stages", "module_stages", callback=stages_option_callback, metavar="A,B,...",
@@ -66,14 +67,16 @@ STAGES_OPTION = click.option("--stages", "module_stages", callback=stages_option
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to FILE (atomically).")
 @_plot_option()
 @STAGES_OPTION
-def compare(specs, batch, size, dtype, ops, measure, fmt, output, plot_stem, module_stages):
+@channels_option()
+def compare(specs, batch, size, dtype, ops, measure, fmt, output, plot_stem, module_stages, channels):
     """Per-stage params, FLOPs and activation memory of several specs side by side, absolute and
     as shares, with totals (e.g. archspec compare presnet50 resnet50)."""
     if len(specs) < 2:
         raise click.UsageError("give at least two specs to compare, e.g. 'archspec compare presnet50 resnet50'")
     from archspec.report import compare as compare_mod
 
-    profiles = _profiles(specs, batch, size, dtype, ops, training=bool(plot_stem), stages=module_stages)
+    profiles = _profiles(specs, batch, size, dtype, ops, training=bool(plot_stem), stages=module_stages,
+                         channels=channels)
     lacking = [p["spec"] for p in profiles if measure not in p["total"]["activation_bytes"]]
     if lacking:
         raise UserError(f"--measure {measure} needs a spec; {', '.join(lacking)} has none "
@@ -108,12 +111,15 @@ def _plot(profiles, measure, band, stem):
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to FILE (atomically).")
 @_plot_option()
 @STAGES_OPTION
-def balance(spec, band, check, batch, size, dtype, ops, measure, fmt, output, plot_stem, module_stages):
+@channels_option()
+def balance(spec, band, check, batch, size, dtype, ops, measure, fmt, output, plot_stem, module_stages, channels):
     """Shares of FLOPs, memory and params per local stage, imbalance, the stages outside the
     band, the model-parallel speed bound and the memory saving of GIM and LoCo."""
     from archspec.report import balance as balance_mod
 
-    (profile_doc,) = _profiles([spec], batch, size, dtype, ops, stages=module_stages)
+    if channels is not None and not is_module_ref(spec):
+        raise UserError("--channels is for module:callable targets; a spec declares its own input channels")
+    (profile_doc,) = _profiles([spec], batch, size, dtype, ops, stages=module_stages, channels=channels)
     if measure not in (None,) + tuple(profile_doc["total"]["activation_bytes"]):
         raise UserError(f"--measure {measure} needs a spec (hint: a module:callable has "
                         f"{', '.join(profile_doc['total']['activation_bytes'])})")

@@ -7,7 +7,8 @@ import re
 import click
 
 from archspec.commands.common import SPEC_ARG, size_option_callback
-from archspec.commands.targets import DEFAULT_MODULE_SIZE, is_module_ref, load_module, stages_option_callback
+from archspec.commands.targets import (DEFAULT_MODULE_SIZE, channels_option, is_module_ref, load_module,
+                                      stages_option_callback)
 from archspec.errors import UserError
 
 BY = ("flops", "memory", "params", "time", "mix")
@@ -82,8 +83,9 @@ def _table(rows: list[list[str]], right: set[int]) -> list[str]:
 @click.option("--links", callback=stages_option_callback, metavar="A,B,...",
               help="For a module:callable SPEC: the submodules that form the chain (default: its top-level children).")
 @click.option("--size", callback=size_option_callback, metavar="HxW",
-              help="For a module:callable SPEC: the input size (3 channels; default 224x224).")
-def split(spec, stages, by, memory_cap, batch, optimizer, time_batch, runs, threads, output, links, size):
+              help="For a module:callable SPEC: the input size (default 224x224; channels: --channels).")
+@channels_option()
+def split(spec, stages, by, memory_cap, batch, optimizer, time_batch, runs, threads, output, links, size, channels):
     """Cut SPEC's chain of blocks into K contiguous stages minimising the largest stage's cost,
     and compare with the spec's own stages, a uniform split and a parameter-balanced one.
 
@@ -97,10 +99,11 @@ def split(spec, stages, by, memory_cap, batch, optimizer, time_batch, runs, thre
     if stages < 1:
         raise UserError(f"--stages must be at least 1, got {stages}")
     if is_module_ref(spec):
-        return _split_module(spec, stages, by, batch, optimizer, links, size,
+        return _split_module(spec, stages, by, batch, optimizer, links, size, channels,
                              refused=[o for o, v in (("--memory-cap", memory_cap), ("-o", output)) if v])
-    if links is not None or size is not None:
-        raise UserError("--links and --size are for module:callable targets (hint: a spec's chain is its blocks)")
+    if links is not None or size is not None or channels is not None:
+        raise UserError("--links, --size and --channels are for module:callable targets "
+                        "(hint: a spec's chain is its blocks)")
     cap = parse_bytes(memory_cap) if memory_cap is not None else None
 
     from archspec.design import chain as ch
@@ -216,7 +219,7 @@ def split(spec, stages, by, memory_cap, batch, optimizer, time_batch, runs, thre
 COMMANDS = [split]
 
 
-def _split_module(ref, k, by, batch, optimizer, links, size, refused):
+def _split_module(ref, k, by, batch, optimizer, links, size, channels, refused):
     """A module's chain is its named submodules, costed by the profile (archspec.split)."""
     import archspec
 
@@ -224,7 +227,7 @@ def _split_module(ref, k, by, batch, optimizer, links, size, refused):
         raise UserError(f"{', '.join(refused) or '--by time'} needs a spec (hint: for module:callable use --by "
                         "flops, memory, params or mix)")
     model = load_module(ref)
-    prof = archspec.profile(model, (3, *(size or DEFAULT_MODULE_SIZE)), stages=links, batch=batch,
+    prof = archspec.profile(model, (channels or 3, *(size or DEFAULT_MODULE_SIZE)), stages=links, batch=batch,
                             optimizer=optimizer, name=ref, ops=("conv", "fc", "bn", "pool"))
     result = archspec.split(prof, k, by=by)
     click.echo(f"{ref}: {len(result.labels)} named submodules into {k} stages by {by}")
