@@ -282,19 +282,14 @@ head: {fc: null}
 
 @pytest.mark.parametrize("method", ["simclr", "gim", "loco"])
 def test_training_runs_on_the_new_kinds(tmp_path, method):
-    import yaml
-
     from archspec.train.config import load_config
     from archspec.train.loop import read_log, train
 
-    (tmp_path / "micro.yaml").write_text(MICRO_MOBILE)
-    config = {"spec": "micro.yaml", "method": method, "data": {"kind": "digits", "size": 8}, "batch": 16,
-              "epochs": 1, "optimizer": {"name": "sgd", "lr": 0.05, "lr_scaling": "none"},
-              "schedule": {"warmup_steps": 1}, "decoders": {"hidden": 16, "out_dim": 16}, "temperature": 0.5,
-              "augment": {"scale": [0.5, 1.0], "flip_p": 0.0, "blur_p": 0.0, "gray_p": 0.0}, "threads": 1,
-              "checkpoint_every": 100, "tensorboard": False}
-    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
-    result = train(load_config(tmp_path / "run.yaml"), tmp_path / "run", max_steps=3, progress=False)
+    from .test_train import write_config  # the micro training config of the training tests
+
+    (tmp_path / "mobile.yaml").write_text(MICRO_MOBILE)
+    config = write_config(tmp_path, spec="mobile.yaml", method=method, schedule={"warmup_steps": 1})
+    result = train(load_config(config), tmp_path / "run", max_steps=3, progress=False)
     assert result.step == 3
     rows = read_log(tmp_path / "run")
     assert len(rows) == 3 and all(v == v for r in rows for k, v in r.items() if k.startswith("loss"))

@@ -177,7 +177,7 @@ def _option_notes(specs: list[Spec]) -> str:
     groups = [g for s in specs for st in s.stages for g in st.blocks]
     convs = [c for g in groups for c in g.convs]
     notes = []
-    if any(g.kind == "conv" and g.repeat * len(g.convs) > 1 or g.kind == "conv" and block_options(g) for g in groups):
+    if any(g.kind == "conv" and (g.repeat != 1 or block_options(g)) for g in groups):  # as _stage_lines draws
         notes.append("Parentheses: plain conv-BN-activation layers, no shortcut.")
     if any(g.kind == "inverted" for g in groups):
         notes.append("'inverted': MobileNetV2's inverted residual (expansion 1x1, depthwise, linear 1x1 projection; "
