@@ -134,22 +134,34 @@ def profile(spec, batch, size, dtype, optimizer, ops, measure, fmt, output, pape
 @click.option("--memory-budget", metavar="SIZE", help="Training configs: fail if the estimated peak training "
                                                       "memory exceeds SIZE (e.g. 16GiB, 500MB).")
 @click.option("--check-data", is_flag=True, help="Training configs: fail if the data root does not exist.")
-def validate(spec, memory_budget, check_data):
+@click.option("--processes", type=click.Choice(["one", "stage"]), default=None,
+              help="Training configs: estimate the peak of every rank of 'archspec train --processes' one "
+                   "(default) or stage (one process per local stage); --memory-budget is then per rank.")
+@click.option("--schedule", type=click.Choice(["sync", "pipelined"]), default=None,
+              help="Training configs, with --processes stage: the schedule (default: the config's 'pipeline').")
+@click.option("--data-parallel", "data_parallel", type=click.IntRange(min=1), default=None,
+              help="Training configs: replicas, each rank with batch / N images (default 1).")
+def validate(spec, memory_budget, check_data, processes, schedule, data_parallel):
     """Check a spec: notation, consistency, and that it compiles to the declared shapes.
 
     A YAML file with a top-level 'method:' or 'spec:' key is a training config and is checked
     as one: the spec compiles at the data's size, every decoder fits its stage, and the
-    estimated peak memory fits --memory-budget (docs/training.md).
+    estimated peak memory fits --memory-budget (docs/training.md); with --processes stage,
+    every rank's.
     """
     from archspec.train.config import is_training_config
 
     if is_training_config(spec):
         from archspec.commands.train import validate_training_config
 
-        return validate_training_config(spec, memory_budget, check_data)
-    if memory_budget or check_data:
-        raise UserError("--memory-budget and --check-data apply to training configs, not to specs "
-                        "(hint: give a training config, e.g. configs/presnet50_loco.yaml)")
+        return validate_training_config(spec, memory_budget, check_data, processes or "one", schedule,
+                                        data_parallel or 1)
+    given = [name for name, value in (("--memory-budget", memory_budget), ("--check-data", check_data),
+                                      ("--processes", processes), ("--schedule", schedule),
+                                      ("--data-parallel", data_parallel)) if value]
+    if given:
+        raise UserError(f"{' and '.join(given)} appl{'y' if len(given) > 1 else 'ies'} to training configs, not "
+                        "to specs (hint: give a training config, e.g. configs/presnet50_loco.yaml)")
     from archspec.spec import load_spec
 
     loaded = load_spec(spec)

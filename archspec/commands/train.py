@@ -10,7 +10,7 @@ import click
 from archspec.errors import UserError
 
 
-def _print_validation(path: str, cfg, report) -> None:
+def _print_validation(path: str, cfg, report, ranks=None, processes: str = "one", data_parallel: int = 1) -> None:
     from archspec.train.config import format_bytes
 
     mem = report.memory
@@ -19,8 +19,11 @@ def _print_validation(path: str, cfg, report) -> None:
                f"{report.params:,} encoder parameters, local stages {', '.join(report.local_stages)}")
     click.echo(f"  decoders fit: {decoders}")
     budget = f" (budget {format_bytes(report.memory_budget)})" if report.memory_budget else ""
-    click.echo(f"  estimated peak training memory: {format_bytes(mem['total'])}{budget} at batch {cfg.batch} "
-               f"({2 * cfg.batch} images), {cfg.dtype}, {cfg.optimizer.name}; peak at {mem['peak_at']}")
+    if ranks is None:
+        click.echo(f"  estimated peak training memory: {format_bytes(mem['total'])}{budget} at batch {cfg.batch} "
+                   f"({2 * cfg.batch} images), {cfg.dtype}, {cfg.optimizer.name}; peak at {mem['peak_at']}")
+    else:
+        _print_ranks(cfg, mem, ranks, processes, data_parallel, report.memory_budget)
     if report.data_path is not None:
         state = "found" if report.data_found else "not found (needed by 'archspec train'; --check-data makes this an error)"
         click.echo(f"  data: {cfg.data.kind} at {report.data_path}: {state}")
@@ -28,14 +31,76 @@ def _print_validation(path: str, cfg, report) -> None:
         click.echo(f"  data: {cfg.data.kind} (built in, nothing to look for)")
 
 
-def validate_training_config(path: str, memory_budget: str | None = None, check_data: bool = False) -> None:
-    """``archspec validate CONFIG``: parse, compile, fit decoders, estimate memory."""
-    from archspec.train.config import load_config, parse_bytes, validate_config
+def _rank_list(ranks) -> str:
+    """``2``, ``2, 8`` or ``2, 8, ..., 20`` (every data-parallel replica's rank of a stage); ``0-3``."""
+    if len(ranks) > 2 and list(ranks) == list(range(ranks[0], ranks[-1] + 1)):
+        return f"{ranks[0]}-{ranks[-1]}"
+    return ", ".join(map(str, ranks)) if len(ranks) <= 3 else f"{ranks[0]}, {ranks[1]}, ..., {ranks[-1]}"
+
+
+def _ranks_words(ranks) -> str:
+    return f"rank{'s' if len(ranks) > 1 else ''} {_rank_list(ranks)}"
+
+
+def _run_words(cfg, processes: str, data_parallel: int) -> str:
+    shard = cfg.batch // data_parallel
+    what = (f"--processes stage, {cfg.pipeline} schedule" if processes == "stage" else "--processes one")
+    replicas = f", --data-parallel {data_parallel}" if data_parallel > 1 else ""
+    return (f"{what}{replicas}, batch {cfg.batch}: {2 * shard} images per rank, {cfg.dtype}, "
+            f"{cfg.optimizer.name}")
+
+
+def _print_ranks(cfg, mem: dict, ranks, processes: str, data_parallel: int, budget: int | None) -> None:
+    """The table of every rank's estimated peak (archspec.profiling.rank_memory) and the largest."""
+    from archspec.train.config import format_bytes
+
+    world = sum(len(r.ranks) for r in ranks)
+    click.echo(f"  estimated peak memory of each of the {world} ranks ({_run_words(cfg, processes, data_parallel)}):")
+    parts = ("weights", "gradients", "optimizer", "decoders", "activations")
+    width = max([5] + [len(_rank_list(r.ranks)) for r in ranks])
+    stage_width = max([11] + [len(r.stages) for r in ranks])
+    click.echo(f"    {'rank':>{width}}  {'local stage':<{stage_width}}" + "".join(f" {p:>11}" for p in parts)
+               + f" {'peak':>11}")
+    for r in ranks:
+        click.echo(f"    {_rank_list(r.ranks):>{width}}  {r.stages:<{stage_width}}"
+                   + "".join(f" {format_bytes(getattr(r.peak, p)):>11}" for p in parts)
+                   + f" {format_bytes(r.peak.total):>11}")
+    top = max(ranks, key=lambda r: r.peak.total)
+    per = f" (budget {format_bytes(budget)} per device)" if budget else ""
+    one = f"; one process: {format_bytes(mem['total'])}" if processes == "stage" or data_parallel > 1 else ""
+    click.echo(f"  largest: {_ranks_words(top.ranks)} ({top.stages}), {format_bytes(top.peak.total)}{per}{one}")
+
+
+def validate_training_config(path: str, memory_budget: str | None = None, check_data: bool = False,
+                             processes: str = "one", schedule: str | None = None, data_parallel: int = 1) -> None:
+    """``archspec validate CONFIG``: parse, compile, fit decoders, estimate memory: of the single
+    process, or (``processes="stage"`` or ``data_parallel`` > 1) of every rank of that run, which
+    ``memory_budget`` (one device's) then bounds."""
+    from archspec.train.config import ConfigError, format_bytes, load_config, parse_bytes, validate_config
 
     budget = parse_bytes(memory_budget) if memory_budget else None
-    cfg = load_config(path)
-    report = validate_config(cfg, memory_budget=budget, check_data=check_data)
-    _print_validation(path, cfg, report)
+    cfg = with_schedule(load_config(path), schedule)
+    if processes == "one" and data_parallel == 1:
+        report = validate_config(cfg, memory_budget=budget, check_data=check_data)
+        return _print_validation(path, cfg, report)
+    from archspec.profiling.rank_memory import config_rank_peaks, memory_hint
+    from archspec.train.ranks import check_stage_dtype
+    from archspec.train.replica_runner import check_batch
+
+    check_batch(cfg, data_parallel)
+    if processes == "stage":
+        check_stage_dtype(cfg)
+    report = validate_config(cfg, check_data=check_data)
+    report.memory_budget = budget
+    ranks = config_rank_peaks(cfg, processes, data_parallel)
+    over = [r for r in ranks if budget is not None and r.peak.total > budget]
+    if over:
+        names = ", ".join(f"{_ranks_words(r.ranks)} ({r.stages}) {format_bytes(r.peak.total)}" for r in over)
+        raise ConfigError(f"estimated peak memory over the budget of {format_bytes(budget)} per device on "
+                          f"{names} ({cfg.method}, {report.spec_name} "
+                          f"at {report.input_size}x{report.input_size}, {_run_words(cfg, processes, data_parallel)})",
+                          where=cfg.where("batch"), what="memory", hint=memory_hint(cfg, processes, data_parallel))
+    _print_validation(path, cfg, report, ranks, processes, data_parallel)
 
 
 def with_schedule(cfg, schedule: str | None):

@@ -468,11 +468,13 @@ def validate_config(cfg: TrainConfig, memory_budget: int | str | None = None, ch
     memory = prof["training_memory"]["methods"][cfg.method]
     budget = parse_bytes(memory_budget) if isinstance(memory_budget, str) else memory_budget
     if budget is not None and memory["total"] > budget:
+        from archspec.profiling.rank_memory import memory_hint
+
         raise ConfigError(
             f"estimated peak training memory {format_bytes(memory['total'])} is over the budget of "
             f"{format_bytes(budget)} ({cfg.method}, {spec.name}, batch {cfg.batch}: {2 * cfg.batch} images of "
             f"{size}x{size}, {cfg.dtype}, {cfg.optimizer.name})", where=cfg.where("batch"), what="memory",
-            hint="lower 'batch', use gim or loco, or raise --memory-budget")
+            hint=memory_hint(cfg))
 
     found, where = None, cfg.data.root
     if cfg.data.root is not None:
