@@ -112,8 +112,7 @@ def split(profile, k: int, by: str = "flops", batch: int | None = None) -> Split
     """The optimal split of ``profile`` into ``k`` contiguous stages (exact min-max, ties: least
     sum of squares), as ``archspec split`` computes it. A spec's chain is its blocks (the stem
     folded into the first); a module's chain is its named stages (unattributed ops left out).
-    ``by``: flops (forward MACs per image; spec: the Table 6 ops conv+fc+bn+pool, module: the
-    profile's ops), memory (saved bytes at the profile's batch + weight, gradient and optimizer
+    ``by``: flops (forward FLOPs per image, 2 x MACs of the profile's ops), memory (saved bytes at the profile's batch + weight, gradient and optimizer
     state bytes), params, or mix (max of the FLOPs and memory shares)."""
     from archspec.design.split import Costs, optimal_split
 
@@ -128,7 +127,7 @@ def split(profile, k: int, by: str = "flops", batch: int | None = None) -> Split
     best = optimal_split(costs, k)
     per_stage = values["flops" if by == "mix" else by]
     stage_costs = tuple(sum(per_stage[a:b]) for a, b in zip(best.cuts, best.cuts[1:]))
-    unit = {"flops": "MACs per image", "memory": "bytes", "params": "parameters", "mix": "MACs per image"}[by]
+    unit = {"flops": "FLOPs per image", "memory": "bytes", "params": "parameters", "mix": "FLOPs per image"}[by]
     return SplitResult(by, tuple(labels), tuple(best.cuts), stage_costs, unit)
 
 
@@ -142,11 +141,12 @@ def _chain_costs(profile, batch):
         chain = ch.build_chain(profile.spec)
         act = ch.saved_bytes(chain, batch or profile.batch, profile.dtype)
         memory = [a + s for a, s in zip(act, ch.state_bytes(chain, profile.optimizer, profile.dtype))]
-        return [b.label for b in chain.blocks], [b.macs for b in chain.blocks], memory, [b.params for b in chain.blocks]
+        return ([b.label for b in chain.blocks], [b.flops(profile.ops) for b in chain.blocks], memory,
+                [b.params for b in chain.blocks])
     rows = [r for r in profile.stages if r.name != UNATTRIBUTED]
     # weights + gradients + optimizer state per parameter, at the profile's element size
     state = (2 + OPTIMIZER_STATES[profile.optimizer]) * profile.bytes_per_element
-    return ([r.name for r in rows], [profile.macs(r) for r in rows],
+    return ([r.name for r in rows], [2 * profile.macs(r) for r in rows],
             [r.activations["saved"] + state * r.params for r in rows], [r.params for r in rows])
 
 

@@ -2,12 +2,11 @@
 so that ``archspec --help`` stays fast."""
 from __future__ import annotations
 
-import json
 import sys
 
 import click
 
-from archspec.commands.common import SPEC_ARG, emit, ops_option_callback, size_option_callback
+from archspec.commands.common import SPEC_ARG, emit, measure_option, ops_option, size_option_callback
 from archspec.commands.targets import channels_option, stages_option_callback
 from archspec.errors import UserError
 
@@ -73,6 +72,9 @@ def show(spec, as_yaml):
     print_stage_table(loaded)
 
 
+PAPER_REFUSES = ("batch", "dtype", "optimizer", "measure", "module_stages", "channels")
+
+
 @main.command()
 @SPEC_ARG
 @click.option("--batch", type=click.IntRange(min=1), default=256, show_default=True,
@@ -82,27 +84,32 @@ def show(spec, as_yaml):
               show_default=True, help="Element type of weights and activations.")
 @click.option("--optimizer", type=click.Choice(["sgd", "lars", "adam"]), default="sgd", show_default=True,
               help="Optimizer whose state counts in training memory (sgd/lars: momentum; adam: 2 moments).")
-@click.option("--ops", default="conv,fc", show_default=True, callback=ops_option_callback,
-              help="Op classes counted in FLOPs: some of conv,fc,bias,bn,norm,relu,act,add,mul,pool,interp,dropout, or 'all'.")
-@click.option("--measure", type=click.Choice(["output", "conv_outputs", "block_outputs", "saved"]), default="saved",
-              show_default=True, help="Activation-memory measure shown beside the stage output (all are in JSON/CSV).")
+@ops_option()
+@measure_option(help_text="Activation-memory measure shown beside the stage output (all are in JSON/CSV)")
 @click.option("--format", "fmt", type=click.Choice(["table", "md", "tex", "csv", "json"]), default="table",
               show_default=True, help="Output format.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to FILE (atomically).")
-@click.option("--paper", is_flag=True, help="Print the LoCo paper's Table 6 view (shares per local stage) instead, "
-                                            "with the paper's figures and the differences where known.")
+@click.option("--standalone", is_flag=True, help="With --format tex: a complete A4 LaTeX document, not a fragment.")
+@click.option("--paper", is_flag=True, help="The LoCo paper's Table 6 view instead (shares of block outputs and FLOPs "
+                                            "per local stage, the paper's figures and the differences); FLOPs of "
+                                            "conv,fc,bn,pool, the paper's, unless --ops is given.")
 @click.option("--stages", "module_stages", callback=stages_option_callback, metavar="A,B,...",
               help="For a module:callable SPEC: the submodules that are the stages (default: its top-level children).")
 @channels_option()
-def profile(spec, batch, size, dtype, optimizer, ops, measure, fmt, output, paper, module_stages, channels):
+@click.pass_context
+def profile(ctx, spec, batch, size, dtype, optimizer, ops, measure, fmt, output, standalone, paper, module_stages,
+            channels):
     """Per-stage parameters, FLOPs (forward and backward), activation memory and peak
     training memory (SimCLR end-to-end, GIM, LoCo), counted on meta tensors.
 
     Compute is per image; activation memory is at --batch; training memory counts both views
     of a contrastive batch (2 x --batch images). Conventions: docs/profile.md.
     """
+    from archspec.commands.common import given
     from archspec.commands.targets import is_module_ref, profile_doc
 
+    if standalone and fmt != "tex":
+        raise UserError("--standalone applies to --format tex only (hint: add --format tex)")
     if is_module_ref(spec):
         if paper:
             raise UserError("--paper is the LoCo paper's Table 6 view of a spec; a module:callable has none "
@@ -112,13 +119,20 @@ def profile(spec, batch, size, dtype, optimizer, ops, measure, fmt, output, pape
     from archspec.spec import load_spec
 
     if paper:
+        refused = [f"--{name.replace('module_', '')}" for name in PAPER_REFUSES if given(ctx, name)]
+        if refused:
+            raise UserError(f"--paper shows shares of block outputs and FLOPs, which {', '.join(refused)} do not "
+                            "change (hint: drop them; --ops and --size apply)")
         loaded = load_spec(spec)
-        from archspec.profiling.table6 import render_table6, table6
+        from archspec.profiling.table6 import table6
+        from archspec.report import table6_tables
         from archspec.spec.resize import at_input_size
+        from archspec.vocabulary import TABLE6_OPS
 
-        doc = table6(at_input_size(loaded, size) if size else loaded)
-        text = json.dumps(doc, indent=2) + "\n" if fmt == "json" else render_table6(doc)
-        return emit(text, output)
+        doc = table6(at_input_size(loaded, size) if size else loaded, ops=ops if given(ctx, "ops") else TABLE6_OPS)
+        if fmt == "table" and not output:
+            return table6_tables.print_terminal(doc)
+        return emit(table6_tables.render(doc, fmt, standalone), output)
     from archspec.report import profile_tables
 
     doc = profile_doc(spec, batch=batch, size=size, dtype=dtype, ops=ops, optimizer=optimizer, stages=module_stages,
@@ -126,7 +140,7 @@ def profile(spec, batch, size, dtype, optimizer, ops, measure, fmt, output, pape
     if fmt == "table" and not output:
         profile_tables.print_terminal(doc, measure)
         return
-    emit(profile_tables.render(doc, "md" if fmt == "table" else fmt, measure), output)
+    emit(profile_tables.render(doc, "md" if fmt == "table" else fmt, measure, standalone), output)
 
 
 @main.command()

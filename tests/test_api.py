@@ -174,7 +174,7 @@ def test_balance_and_split_on_a_module_profile():
     whole = archspec.profile(TinyResNet(), input_size=64)
     best = archspec.split(whole, 2)
     assert best.cuts[0] == 0 and best.cuts[-1] == len(best.labels) == 8
-    macs = [whole.macs(r) for r in whole.stages]
+    macs = [2 * whole.macs(r) for r in whole.stages]  # FLOPs = 2 x MACs of the profile's ops
     assert sum(best.stage_costs) == sum(macs)
     # the optimum: no other cut point makes the larger stage smaller
     assert max(best.stage_costs) == min(max(sum(macs[:i]), sum(macs[i:])) for i in range(1, 8))
@@ -188,7 +188,7 @@ def test_split_of_a_spec_profile_is_the_cli_split():
     best = archspec.split(prof, 3)
     result = CliRunner().invoke(main, ["split", "resnet18", "--stages", "3"])
     assert result.exit_code == 0, result.output
-    row = next(line for line in result.output.splitlines() if line.startswith("stage1 "))
+    row = next(line for line in result.output.splitlines() if line.startswith("│ stage1 "))
     assert best.stages[0][0] in row and best.stages[0][-1] in row
 
 

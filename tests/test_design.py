@@ -10,6 +10,7 @@ from archspec.design import space as S
 from archspec.profiling.analytic import stage_counts
 from archspec.profiling.memory import local_stages
 from archspec.profiling.table6 import TABLE6_OPS
+from archspec.vocabulary import DEFAULT_OPS
 from archspec.spec import dumps, load, loads
 
 from .conftest import ROOT
@@ -31,7 +32,8 @@ def six():
 def test_evaluator_equals_analytic_counts_of_the_written_spec(n_stages):
     rng = np.random.default_rng(n_stages)
     genes = S.mutate(rng, S.random_designs(rng, 40, n_stages), n_stages)
-    counts = D.evaluate(genes, n_stages)
+    counts = D.evaluate(genes, n_stages, TABLE6_OPS)
+    default = D.evaluate(genes, n_stages)  # conv, fc: every command's default
     for r, row in enumerate(genes):
         spec = S.to_spec(row, n_stages)
         if r < 3:  # through YAML as well
@@ -44,12 +46,14 @@ def test_evaluator_equals_analytic_counts_of_the_written_spec(n_stages):
                 assert got[r, i] == sum(analytic[n].macs[op] for n in group), (r, i, op)
             assert sum(analytic[n].macs["fc"] for n in group) == 0
             assert counts.flops[r, i] == sum(analytic[n].macs[o] for n in group for o in TABLE6_OPS)
+            assert default.flops[r, i] == sum(analytic[n].macs[o] for n in group for o in DEFAULT_OPS)
             assert counts.params[r, i] == sum(analytic[n].params for n in group)
             assert counts.memory[r, i] == sum(analytic[n].block_output_elems for n in group)
         head = analytic["head"]
         assert (counts.head_pool[r], counts.head_fc[r], counts.head_params[r]) == (
             head.macs["pool"], head.macs["fc"], head.params)
         assert counts.total_macs[r] == sum(c.macs[o] for c in analytic.values() for o in TABLE6_OPS)
+        assert default.total_macs[r] == sum(c.macs[o] for c in analytic.values() for o in DEFAULT_OPS)
         assert counts.total_params[r] == sum(c.params for c in analytic.values())
 
 
@@ -69,17 +73,17 @@ def test_designs_are_inside_the_band_when_traced(six):
     assert six.designs and six.band == (15.0, 20.0)
     for d in six.designs:
         spec = d.spec()
-        prof = profile(spec, batch=1, ops=TABLE6_OPS, training=False)
+        prof = profile(spec, batch=1, training=False)
         rows = {r.name: r for r in prof.stages}
         groups = local_stages(spec)
-        flops = [sum(rows[n].forward[o] for n in g for o in TABLE6_OPS) for g in groups]
+        flops = [sum(rows[n].forward[o] for n in g for o in DEFAULT_OPS) for g in groups]
         memory = [sum(rows[n].activations["block_outputs"] for n in g) for g in groups]
         for values, claimed in ((flops, d.flops_share), (memory, d.memory_share)):
             shares = [100 * v / sum(values) for v in values]
             assert all(15 <= s <= 20 for s in shares), shares
             assert shares == pytest.approx(claimed, abs=1e-9)
-        total = sum(sum(r.forward[o] for o in TABLE6_OPS) for r in prof.stages)
-        assert total == d.total_macs <= D.DEFAULT_BUDGET_FLOPS
+        total = sum(sum(r.forward[o] for o in DEFAULT_OPS) for r in prof.stages)
+        assert total == d.total_macs and 2 * total <= D.DEFAULT_BUDGET_FLOPS  # the budget is in FLOPs
         assert sum(r.params for r in prof.stages) == d.total_params <= D.DEFAULT_BUDGET_PARAMS
 
 
@@ -88,7 +92,7 @@ def test_designs_are_ranked_and_distinct(six):
     assert objectives == sorted(objectives)
     assert len({tuple(d.row) for d in six.designs}) == len(six.designs)
     best = six.designs[0]
-    assert best.objective == pytest.approx(best.max_deviation + D.SLACK_WEIGHT * (1 - best.total_macs / 4.1e9))
+    assert best.objective == pytest.approx(best.max_deviation + D.SLACK_WEIGHT * (1 - 2 * best.total_macs / 8.2e9))
 
 
 def test_same_seed_same_designs(monkeypatch):
@@ -115,14 +119,17 @@ def test_cli_reproduces_the_committed_spec_which_loads_compiles_and_profiles(tmp
     assert out.read_text().replace(str(out), "specs/balanced6.yaml") == committed
     spec = load(out)
     assert spec.name == "balanced6" and "`archspec design --stages 6 --seed 0`" in spec.title
-    assert f"archspec design --stages 6 --budget-flops 4.1G --budget-params 30M --seed 0 -o {out}" in spec.notes
+    assert (f"archspec design --stages 6 --budget-flops 8.2G --budget-params 30M --ops conv,fc --seed 0 -o {out}"
+            in spec.notes)
     from archspec.nn.compiler import compile_spec
 
     compile_spec(spec, device="meta", check=True)
-    paper = run("profile", out, "--paper")
+    paper = run("profile", out, "--paper", "--ops", "conv,fc", "--format", "csv")  # block outputs, conv+fc
     assert paper.exit_code == 0, paper.output
-    shares = [line.split()[1:3] for line in paper.output.splitlines()[2:8]]
-    assert all(15 <= float(x) <= 20 for row in shares for x in row), paper.output
+    shares = [line.split(",")[1:3] for line in paper.output.splitlines()[1:]]
+    assert len(shares) == 6 and all(15 <= float(x) <= 20 for row in shares for x in row), paper.output
+    check = run("balance", out, "--measure", "block_outputs", "--check")
+    assert check.exit_code == 0, check.output
     assert run("profile", out, "--batch", 1, "--format", "csv").exit_code == 0
 
 

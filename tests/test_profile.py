@@ -175,7 +175,7 @@ def test_cli_profile_default_table():
     result = run("profile", "presnet50")
     assert result.exit_code == 0, result.output
     assert "25,029,592" in result.output and "Peak training memory" in result.output
-    assert "GFLOPs = 2 x GMACs of conv, fc" in result.output
+    assert "Conventions: FLOPs = 2 x MACs of conv, fc, forward, per image; memory = saved" in result.output
 
 
 def test_cli_json_is_the_documented_schema(tmp_path):

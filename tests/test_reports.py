@@ -45,7 +45,8 @@ def num(text: str) -> float:
 
 # -- balance ------------------------------------------------------------------------------------
 def test_balance_resnet50_reproduces_table6(profiles):
-    doc = balance_mod.balance_from_profile(profiles["resnet50"])
+    """With the paper's conventions (ops conv,fc,bn,pool; memory block_outputs), not the defaults."""
+    doc = balance_mod.balance_from_profile(profiles["resnet50"], measure="block_outputs")
     assert [r["name"] for r in doc["stages"]] == ["conv1+res2", "res3", "res4", "res5"]
     paper = PAPER_TABLE6["resnet50"]
     for row, mem, flops in zip(doc["stages"], paper["memory"], paper["flops"]):
@@ -66,7 +67,7 @@ def test_balance_resnet50_reproduces_table6(profiles):
 
 
 def test_balance_band_and_outside_list(profiles):
-    doc = balance_mod.balance_from_profile(profiles["presnet50"], band=(15, 20))
+    doc = balance_mod.balance_from_profile(profiles["presnet50"], band=(15, 20), measure="block_outputs")
     outside = {(o["stage"], o["metric"]) for o in doc["outside_band"]}
     expected = set()
     for r in doc["stages"]:
@@ -77,6 +78,9 @@ def test_balance_band_and_outside_list(profiles):
     assert ("res4", "memory") in outside and ("res7", "flops") in outside and ("res5", "memory") not in outside
     assert not doc["balanced"]
     assert balance_mod.balance_from_profile(profiles["presnet50"], band=(0, 100))["balanced"]
+    saved = balance_mod.balance_from_profile(profiles["presnet50"], band=(15, 20))  # the default measure
+    assert saved["settings"]["measure"] == "saved"
+    assert {(o["stage"], o["metric"]) for o in saved["outside_band"]} >= {("conv1+res2", "memory"), ("res3", "memory")}
 
 
 def test_balance_cli_check_exit_codes(tmp_path):
@@ -85,10 +89,13 @@ def test_balance_cli_check_exit_codes(tmp_path):
     assert "conv1+res2" in bad.output and "check failed" in bad.output
     good = run("balance", "resnet50", "--check", "--band", "0:100", "--size", "64")
     assert good.exit_code == 0, good.output
-    md = run("balance", "presnet50", "--format", "md")
+    md = run("balance", "presnet50", "--format", "md", "--measure", "block_outputs", "--ops", "conv,fc,bn,pool")
     rows = md_table(md.output)
     assert [r["local stage"] for r in rows] == ["conv1+res2", "res3", "res4", "res5", "res6", "res7"]
-    assert rows[2]["memory %"] == "22.87 *" and rows[3]["memory %"] == "18.07"
+    assert rows[2]["block_outputs %"] == "22.87 *" and rows[3]["block_outputs %"] == "18.07"
+    assert "Conventions: FLOPs = 2 x MACs of conv, fc, bn, pool, forward, per image; memory = block_outputs" in md.output
+    default = md_table(run("balance", "presnet50", "--format", "md").output)
+    assert default[0]["saved %"] == "20.54 *" and "GFLOPs" in default[0]
     assert sum(num(r["FLOPs %"]) for r in rows) == pytest.approx(100, abs=0.03)
 
 
@@ -109,7 +116,8 @@ def test_compare_rows_follow_both_networks(profiles):
 
 
 def test_compare_md_csv_parse_back(profiles):
-    md = run("compare", "presnet50", "resnet50", "--format", "md", "--measure", "block_outputs").output
+    md = run("compare", "presnet50", "resnet50", "--format", "md", "--measure", "block_outputs",
+             "--ops", "conv,fc,bn,pool").output
     rows = {r["stage"]: r for r in md_table(md)}
     assert rows["total"]["resnet50 params"] == "25,557,032"
     assert rows["res6"]["resnet50 params"] == "-"
@@ -118,7 +126,7 @@ def test_compare_md_csv_parse_back(profiles):
     assert num(rows["res4"]["presnet50 memory %"]) == pytest.approx(
         100 * by_name["res4"]["activation_share"]["block_outputs"], abs=0.005)
 
-    text = run("compare", "presnet50", "resnet50", "--format", "csv").output
+    text = run("compare", "presnet50", "resnet50", "--format", "csv", "--ops", "conv,fc,bn,pool").output
     records = list(csv.DictReader(io.StringIO(text)))
     assert {(r["stage"], r["spec"]) for r in records} >= {("res7", "presnet50"), ("res5", "resnet50")}
     for r in records:

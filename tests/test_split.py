@@ -40,6 +40,7 @@ stages:
   - {name: res4, output_size: 3x3, blocks: ['bottleneck [1x1, 8; 3x3, 8, stride 2; 1x1, 32] x2']}
 head: {pool: avg, fc: 10}
 """
+import json
 
 
 # -- the algorithm -------------------------------------------------------------------------------
@@ -226,13 +227,42 @@ def test_cli_resnet50_by_flops_writes_a_spec(tmp_path):
     out = tmp_path / "r50.yaml"
     result = run("split", "resnet50", "--stages", "4", "--by", "flops", "-o", str(out))
     assert result.exit_code == 0, result.output
-    for text in ("optimal split", "spec's own (conv1+res2 | res3 | res4 | res5)", "uniform by block count",
-                 "params-balanced (DeepSpeed 'parameters')", "bound total/max"):
+    for text in ("optimal split", "spec's own: its local stages conv1+res2 | res3 | res4 | res5", "uniform",
+                 "params-balanced", "DeepSpeed's 'parameters' partition", "bound total/max",
+                 "Conventions: FLOPs = 2 x MACs of conv, fc, forward, per image.", "GFLOPs",
+                 "The spec's own split is "):
         assert text in result.output
+    assert "within 1%" not in result.output  # ResNet-50's stages are far from balanced in FLOPs
     new = load(out)
     assert len(stage_groups(new)) == 4
     spec = load_spec("resnet50")
     assert sum(c.params for c in stage_counts(new).values()) == sum(c.params for c in stage_counts(spec).values())
+    # the written split is its own optimum, and its split stages keep their local_stage labels everywhere
+    again = run("split", str(out), "--stages", "4", "--by", "flops")
+    assert again.exit_code == 0, again.output
+    assert "spec's own: its local stages stage1 | stage2 | stage3 | stage4" in again.output
+    assert "The spec's own split is already optimal within 1%: its largest stage is 0.00% above" in again.output
+    bal = run("balance", str(out), "--format", "csv")
+    assert bal.exit_code == 0, bal.output
+    assert [line.split(",")[0] for line in bal.output.splitlines()[1:]] == ["stage1", "stage2", "stage3", "stage4"]
+    prof = json.loads(run("profile", str(out), "--batch", "1", "--format", "json").output)
+    assert prof["local_stage_names"] == ["stage1", "stage2", "stage3", "stage4"]
+    assert "local stages: stage1, stage2, stage3, stage4" in run("profile", str(out), "--batch", "1",
+                                                               "--format", "md").output
+
+
+def test_cli_split_counts_the_chosen_ops_and_measure():
+    """--by flops counts FLOPs (2 x MACs) of --ops; --by memory the --measure's bytes + state."""
+    chain = build_chain(load_spec("resnet18"))
+    full = run("split", "resnet18", "--stages", "2", "--by", "flops", "--ops", "conv,fc,bn,pool")
+    assert full.exit_code == 0, full.output
+    assert "FLOPs = 2 x MACs of conv, fc, bn, pool" in full.output
+    best = optimal_split([b.flops(("conv", "fc", "bn", "pool")) for b in chain.blocks], 2)
+    assert f"{best.bottleneck / 1e9:.3f}" in full.output
+    assert best.bottleneck == 2 * optimal_split([b.macs for b in chain.blocks], 2).bottleneck  # TABLE6 MACs x 2
+    mem = run("split", "resnet18", "--stages", "2", "--by", "memory", "--measure", "block_outputs", "--batch", "2")
+    assert mem.exit_code == 0, mem.output
+    assert "memory = block_outputs (sum of residual block outputs), batch 2" in mem.output
 
 
 def test_cli_memory_cap_holds():

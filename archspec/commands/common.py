@@ -33,6 +33,34 @@ def ops_option_callback(ctx, param, value):
     return ops
 
 
+def ops_option(default: str | None = None, what: str = "counted in FLOPs"):
+    """``--ops``: the op classes counted in FLOPs, the same option and default on every command."""
+    from archspec.vocabulary import DEFAULT_OPS
+
+    return click.option("--ops", default=default or ",".join(DEFAULT_OPS), show_default=True,
+                        callback=ops_option_callback, metavar="OPS",
+                        help=f"Op classes {what} (FLOPs = 2 x MACs): some of conv,fc,bias,bn,norm,relu,act,add,mul,"
+                             f"pool,interp,dropout, or 'all'. The default is the torchvision/fvcore convention "
+                             f"(docs/profile.md, 'Conventions').")
+
+
+def measure_option(choices=None, default: str | None = None, help_text: str = "Activation-memory measure"):
+    """``--measure``: the activation-memory measure of memory columns and shares, everywhere."""
+    from archspec.vocabulary import DEFAULT_MEASURE, MEASURES
+
+    return click.option("--measure", type=click.Choice(list(choices or MEASURES)), default=default or DEFAULT_MEASURE,
+                        show_default=True,
+                        help=f"{help_text}: output, conv_outputs, block_outputs (the paper's Table 6) or saved "
+                             f"(exact bytes kept for backward; docs/profile.md).")
+
+
+def given(ctx, name: str) -> bool:
+    """Whether the user wrote option ``name`` (not its default)."""
+    from click.core import ParameterSource
+
+    return ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP, None)
+
+
 def emit(text: str, output: str | None) -> None:
     """Print ``text``, or write it to ``output`` atomically and say so on stderr."""
     if output:

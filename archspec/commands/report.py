@@ -6,12 +6,17 @@ from pathlib import Path
 
 import click
 
-from archspec.commands.common import SPEC_ARG, emit, ops_option_callback, size_option_callback
+from archspec.commands.common import SPEC_ARG, emit, measure_option, ops_option, size_option_callback
 from archspec.commands.targets import channels_option, is_module_ref, stages_option_callback
 from archspec.errors import UserError
 
-MEASURES = ["output", "conv_outputs", "block_outputs", "saved"]
-TABLE6_OPS_TEXT = "conv,fc,bn,pool"
+STANDALONE_OPTION = click.option("--standalone", is_flag=True,
+                                 help="With --format tex: a complete A4 LaTeX document, not a fragment.")
+
+
+def _check_standalone(standalone: bool, fmt: str) -> None:
+    if standalone and fmt != "tex":
+        raise UserError("--standalone applies to --format tex only (hint: add --format tex)")
 
 
 def _band(ctx, param, value):
@@ -35,8 +40,7 @@ def _settings(f):
                      help="Input resolution (default: each spec's own)."),
         click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16", "float64"]), default="float32",
                      show_default=True),
-        click.option("--ops", default=TABLE6_OPS_TEXT, show_default=True, callback=ops_option_callback,
-                     help="Op classes counted in FLOPs (the default is the LoCo paper's Table 6 convention)."),
+        ops_option(),
     ]):
         f = option(f)
     return f
@@ -60,19 +64,20 @@ STAGES_OPTION = click.option("--stages", "module_stages", callback=stages_option
 @click.command()
 @click.argument("specs", nargs=-1, required=True, metavar="SPEC SPEC [SPEC...]")
 @_settings
-@click.option("--measure", type=click.Choice(MEASURES), default="saved", show_default=True,
-              help="Activation-memory measure compared.")
+@measure_option(help_text="Activation-memory measure compared")
 @click.option("--format", "fmt", type=click.Choice(["table", "md", "tex", "csv", "json"]), default="table",
               show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to FILE (atomically).")
+@STANDALONE_OPTION
 @_plot_option()
 @STAGES_OPTION
 @channels_option()
-def compare(specs, batch, size, dtype, ops, measure, fmt, output, plot_stem, module_stages, channels):
+def compare(specs, batch, size, dtype, ops, measure, fmt, output, standalone, plot_stem, module_stages, channels):
     """Per-stage params, FLOPs and activation memory of several specs side by side, absolute and
     as shares, with totals (e.g. archspec compare presnet50 resnet50)."""
     if len(specs) < 2:
         raise click.UsageError("give at least two specs to compare, e.g. 'archspec compare presnet50 resnet50'")
+    _check_standalone(standalone, fmt)
     from archspec.report import compare as compare_mod
 
     profiles = _profiles(specs, batch, size, dtype, ops, training=bool(plot_stem), stages=module_stages,
@@ -85,7 +90,7 @@ def compare(specs, batch, size, dtype, ops, measure, fmt, output, plot_stem, mod
     if fmt == "table" and not output:
         compare_mod.print_terminal(doc)
     else:
-        emit(compare_mod.render(doc, "md" if fmt == "table" else fmt), output)
+        emit(compare_mod.render(doc, "md" if fmt == "table" else fmt, standalone), output)
     if plot_stem:
         _plot(profiles, measure, None, plot_stem)
 
@@ -104,23 +109,25 @@ def _plot(profiles, measure, band, stem):
               help="Share band in percent for every local stage (default: 0.9x to 1.2x of 100/N; 15:20 for 6).")
 @click.option("--check", is_flag=True, help="Exit 1 when any local stage's FLOPs or memory share is outside the band.")
 @_settings
-@click.option("--measure", type=click.Choice(MEASURES), default=None,
-              help="Activation-memory measure [default: block_outputs, the paper's; saved for a module:callable].")
+@measure_option(help_text="Activation-memory measure of the memory shares")
 @click.option("--format", "fmt", type=click.Choice(["table", "md", "tex", "csv", "json"]), default="table",
               show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to FILE (atomically).")
+@STANDALONE_OPTION
 @_plot_option()
 @STAGES_OPTION
 @channels_option()
-def balance(spec, band, check, batch, size, dtype, ops, measure, fmt, output, plot_stem, module_stages, channels):
+def balance(spec, band, check, batch, size, dtype, ops, measure, fmt, output, standalone, plot_stem, module_stages,
+            channels):
     """Shares of FLOPs, memory and params per local stage, imbalance, the stages outside the
     band, the model-parallel speed bound and the memory saving of GIM and LoCo."""
+    _check_standalone(standalone, fmt)
     from archspec.report import balance as balance_mod
 
     if channels is not None and not is_module_ref(spec):
         raise UserError("--channels is for module:callable targets; a spec declares its own input channels")
     (profile_doc,) = _profiles([spec], batch, size, dtype, ops, stages=module_stages, channels=channels)
-    if measure not in (None,) + tuple(profile_doc["total"]["activation_bytes"]):
+    if measure not in profile_doc["total"]["activation_bytes"]:
         raise UserError(f"--measure {measure} needs a spec (hint: a module:callable has "
                         f"{', '.join(profile_doc['total']['activation_bytes'])})")
     doc = balance_mod.balance_from_profile(profile_doc, band, measure)
@@ -128,7 +135,7 @@ def balance(spec, band, check, batch, size, dtype, ops, measure, fmt, output, pl
     if fmt == "table" and not output:
         balance_mod.print_terminal(doc)
     else:
-        emit(balance_mod.render(doc, "md" if fmt == "table" else fmt), output)
+        emit(balance_mod.render(doc, "md" if fmt == "table" else fmt, standalone), output)
     if plot_stem:
         _plot([profile_doc], measure, band, plot_stem)
     if check and not doc["balanced"]:
@@ -145,9 +152,11 @@ def balance(spec, band, check, batch, size, dtype, ops, measure, fmt, output, pl
 @click.option("-o", "--output", "out", required=True, type=click.Path(file_okay=False),
               help="Folder to write into (created if missing; only the report's own files are replaced).")
 @click.option("--batch", type=click.IntRange(min=1), default=256, show_default=True)
-@click.option("--measure", type=click.Choice(MEASURES), default="block_outputs", show_default=True)
+@ops_option()
+@measure_option(help_text="Activation-memory measure of every memory column and share")
 @click.option("--band", callback=_band, metavar="LO:HI", help="Share band (default: per spec, 0.9x to 1.2x of 100/N).")
-def report(spec, against, out, batch, measure, band):
+@click.option("--standalone", is_flag=True, help="Write the .tex files as complete A4 LaTeX documents, not fragments.")
+def report(spec, against, out, batch, ops, measure, band, standalone):
     """Write every table and plot for SPEC against other specs into a folder, with an index.md
     that explains them (e.g. archspec report presnet50 --against resnet50 -o reports/presnet50/)."""
     from archspec.report.bundle import build_report
@@ -157,7 +166,8 @@ def report(spec, against, out, batch, measure, band):
     folder = Path(out)
     if folder.exists() and not folder.is_dir():
         raise click.BadParameter(f"{out} exists and is not a folder", param_hint="-o")
-    written = build_report(specs, folder, batch=batch, measure=measure, band=band, out_label=out,
+    written = build_report(specs, folder, batch=batch, ops=ops, measure=measure, band=band, out_label=out,
+                           standalone=standalone,
                            progress=lambda what: click.echo(f"{what} ...", err=True))
     click.echo(f"wrote {len(written) + 1} files to {out} (start with {folder / 'index.md'})", err=True)
 

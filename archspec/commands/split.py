@@ -6,15 +6,16 @@ import re
 
 import click
 
-from archspec.commands.common import SPEC_ARG, size_option_callback
+from archspec.commands.common import SPEC_ARG, measure_option, ops_option, size_option_callback
 from archspec.commands.targets import (DEFAULT_MODULE_SIZE, channels_option, is_module_ref, load_module,
                                       stages_option_callback)
 from archspec.errors import UserError
+from archspec.vocabulary import conventions_line, flops_prefix, format_bytes
 
 BY = ("flops", "memory", "params", "time", "mix")
 MEASURES = {
-    "flops": "forward MACs per image of conv+fc+bn+pool (the LoCo paper's Table 6 convention)",
-    "memory": "training memory: bytes autograd saves for backward at --batch images (exact, traced) "
+    "flops": "forward FLOPs per image (2 x MACs) of --ops",
+    "memory": "training memory: activation bytes of --measure at --batch images (saved: exact, traced) "
               "+ weights, gradients and optimizer state",
     "params": "parameters",
     "time": "forward+backward wall time on this machine (CPU, real tensors, --time-batch images, "
@@ -23,6 +24,7 @@ MEASURES = {
 }
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
           "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+NEAR_OPTIMAL = 0.01  # the spec's own split is "already optimal" within 1% of the optimum's largest stage
 
 
 def parse_bytes(text: str) -> int:
@@ -37,29 +39,31 @@ def parse_bytes(text: str) -> int:
     return value
 
 
-def format_bytes(n: float) -> str:
-    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if abs(n) >= size:
-            return f"{n / size:.2f} {unit}"
-    return f"{n:.0f} B"
-
-
-def _formatter(by: str, scale: int):
+def _formatter(by: str, scale: int, total: float):
+    """(format one cost, the unit's name for headers)."""
     if by == "flops":
-        return lambda v: f"{v / 1e9:.3f} G"
+        prefix, factor = flops_prefix(total)
+        return (lambda v: f"{v / factor:.3f}"), f"{prefix}FLOPs"
     if by == "params":
-        return lambda v: f"{v / 1e6:.2f} M"
+        return (lambda v: f"{v / 1e6:.2f}"), "M params"
     if by == "memory":
-        return format_bytes
+        return format_bytes, "memory"
     if by == "time":
-        return lambda v: f"{v / 1e6:.1f} ms"
-    return lambda v: f"{100 * v / scale:.1f}%"
+        return (lambda v: f"{v / 1e6:.1f}"), "ms"
+    return (lambda v: f"{100 * v / scale:.1f}"), "share %"
 
 
-def _table(rows: list[list[str]], right: set[int]) -> list[str]:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return ["  ".join(c.rjust(widths[i]) if i in right else c.ljust(widths[i]) for i, c in enumerate(r)).rstrip()
-            for r in rows]
+def verdict(own, best, k: int, own_k: int, fmt, unit: str) -> str:
+    """Say plainly how far the spec's own split is from the optimum."""
+    if own_k != k:
+        return (f"The spec's own split has {own_k} local stages, not {k}: rerun with --stages {own_k} to compare "
+                "it with the optimum of the same size.")
+    gap = own.bottleneck / best.bottleneck - 1 if best.bottleneck else 0.0
+    if gap <= NEAR_OPTIMAL:
+        return (f"The spec's own split is already optimal within 1%: its largest stage is {100 * gap:.2f}% above "
+                f"the optimum's ({fmt(own.bottleneck)} vs {fmt(best.bottleneck)} {unit}).")
+    return (f"The spec's own split is {100 * gap:.1f}% above the optimum: its largest stage costs "
+            f"{fmt(own.bottleneck)} against {fmt(best.bottleneck)} {unit}.")
 
 
 @click.command("split")
@@ -70,6 +74,8 @@ def _table(rows: list[list[str]], right: set[int]) -> list[str]:
 @click.option("--memory-cap", metavar="SIZE",
               help="Hard limit on every stage's training memory (activations + weights, gradients, optimizer "
                    "state), e.g. 2GiB or 500MB.")
+@ops_option(what="counted in --by flops")
+@measure_option(help_text="Activation-memory measure in --by memory/mix and --memory-cap")
 @click.option("--batch", type=click.IntRange(min=1), default=256, show_default=True,
               help="Images per batch for activation memory (--by memory/mix, --memory-cap).")
 @click.option("--optimizer", type=click.Choice(["sgd", "lars", "adam"]), default="sgd", show_default=True,
@@ -85,7 +91,8 @@ def _table(rows: list[list[str]], right: set[int]) -> list[str]:
 @click.option("--size", callback=size_option_callback, metavar="HxW",
               help="For a module:callable SPEC: the input size (default 224x224; channels: --channels).")
 @channels_option()
-def split(spec, stages, by, memory_cap, batch, optimizer, time_batch, runs, threads, output, links, size, channels):
+def split(spec, stages, by, memory_cap, ops, measure, batch, optimizer, time_batch, runs, threads, output, links, size,
+          channels):
     """Cut SPEC's chain of blocks into K contiguous stages minimising the largest stage's cost,
     and compare with the spec's own stages, a uniform split and a parameter-balanced one.
 
@@ -99,7 +106,7 @@ def split(spec, stages, by, memory_cap, batch, optimizer, time_batch, runs, thre
     if stages < 1:
         raise UserError(f"--stages must be at least 1, got {stages}")
     if is_module_ref(spec):
-        return _split_module(spec, stages, by, batch, optimizer, links, size, channels,
+        return _split_module(spec, stages, by, ops, measure, batch, optimizer, links, size, channels,
                              refused=[o for o, v in (("--memory-cap", memory_cap), ("-o", output)) if v])
     if links is not None or size is not None or channels is not None:
         raise UserError("--links, --size and --channels are for module:callable targets "
@@ -117,11 +124,14 @@ def split(spec, stages, by, memory_cap, batch, optimizer, time_batch, runs, thre
         raise UserError(f"{loaded.name} has {n} blocks in its chain, so it cannot be cut into {stages} stages "
                         f"(hint: use --stages 1..{n})")
 
-    flops = [b.macs for b in chain.blocks]
+    flops = [b.flops(ops) for b in chain.blocks]
     params = [b.params for b in chain.blocks]
     memory = None
     if by in ("memory", "mix") or cap is not None:
-        act = ch.saved_bytes(chain, batch)
+        if measure == "saved":
+            act = ch.saved_bytes(chain, batch)
+        else:  # analytic: elements per image x batch x 4 bytes (float32)
+            act = [b.elems[measure] * batch * 4 for b in chain.blocks]
         memory = [a + s for a, s in zip(act, ch.state_bytes(chain, optimizer))]
     if by == "time":
         values = ch.measure_time(chain, batch=time_batch, runs=runs, threads=threads)
@@ -143,54 +153,64 @@ def split(spec, stages, by, memory_cap, batch, optimizer, time_batch, runs, thre
                         f"{format_bytes(cap)}: the least possible is {format_bytes(need)} (hint: raise the cap, "
                         f"use more --stages or a smaller --batch)") from None
 
-    fmt = _formatter(by, costs.scale)
     total = costs.total()
+    fmt, unit = _formatter(by, costs.scale, total)
+    uses_memory = by in ("memory", "mix") or cap is not None
     lines = [f"{loaded.name}: {n} blocks into {stages} stages by {by}",
-             f"{by}: {MEASURES[by]}" + (f"; batch {batch}, {optimizer}" if by in ("memory", "mix") else ""),
+             conventions_line(ops if by in ("flops", "mix") else None, measure if uses_memory else None,
+                              batch=batch if uses_memory else None, dtype="float32" if uses_memory else None),
+             *([f"{by}: {MEASURES[by]}" + (f"; batch {batch}, {optimizer}" if by in ("memory", "mix") else "")]
+               if by != "flops" else []),
              ("chain: every residual block; " if loaded.has_residual_blocks else
               "chain: every conv block (the network has no residual blocks); ") +
              (f"the stem ({'+'.join(chain.stem)}) folded into the first; " if chain.stem else "") +
              "head not included"]
     if by == "time":
-        lines.append(f"time measured at batch {time_batch}, median of {runs} rounds; total {fmt(sum(values))}")
+        lines.append(f"time measured at batch {time_batch}, median of {runs} rounds; total {fmt(sum(values))} ms")
     if cap is not None:
         lines.append(f"memory cap {format_bytes(cap)} per stage (training memory at batch {batch}, {optimizer})")
+    click.echo("\n".join(lines))
+    from archspec.report.terminal import print_fitted
 
     # the optimal split, stage by stage
-    header = ["stage", "blocks", "n", by] + (["flops %", "memory %"] if by == "mix" else ["share"])
+    header = ["stage", "blocks", "n", unit] + (["FLOPs %", "memory %"] if by == "mix" else ["share %"])
     if cap is not None:
         header += ["train mem"]
-    rows = [header]
+    rows = []
     for k, (a, b) in enumerate(zip(best.cuts, best.cuts[1:])):
         row = [f"stage{k + 1}", chain.stage_label(a, b), str(b - a), fmt(best.stage_costs[k])]
         if by == "mix":
             row += [f"{100 * sum(flops[a:b]) / sum(flops):.1f}", f"{100 * sum(memory[a:b]) / sum(memory):.1f}"]
         else:
-            row += [f"{100 * best.stage_costs[k] / total:.1f}%"]
+            row += [f"{100 * best.stage_costs[k] / total:.1f}"]
         if cap is not None:
             row += [format_bytes(sum(memory[a:b]))]
         rows.append(row)
-    right = {2, 3, 4, 5, 6, 7}
-    lines += ["", "optimal split (exact min-max; ties: least sum of squared stage costs)"] + _table(rows, right)
-    lines.append(f"max stage {fmt(best.bottleneck)}, bound total/max {total / best.bottleneck:.2f}x")
+    print_fitted("optimal split (exact min-max; ties: least sum of squared stage costs)", header, rows,
+                 total_row=False, left=(0, 1),
+                 lines=[f"max stage {fmt(best.bottleneck)} {unit}, bound total/max {total / best.bottleneck:.2f}x"])
 
     # against the spec's own stages, a uniform split and a parameter-balanced one
-    candidates = [("optimal", best.cuts), ("spec's own (" + " | ".join(chain.own_names()) + ")", chain.own_cuts()),
-                  ("uniform by block count", uniform_cuts(n, stages)),
-                  ("params-balanced (DeepSpeed 'parameters')", optimal_split(params, stages).cuts)]
-    rows = [["split", "K", "blocks", f"{by} per stage", "max", "total/max"] + (["cap"] if cap is not None else [])]
+    own_names = chain.own_names()
+    candidates = [("optimal", best.cuts), ("spec's own", chain.own_cuts()), ("uniform", uniform_cuts(n, stages)),
+                  ("params-balanced", optimal_split(params, stages).cuts)]
     evaluated = [(label, cuts, evaluate(costs, cuts)) for label, cuts in candidates]
-    width = max(len(fmt(v)) for _, _, ev in evaluated for v in ev.stage_costs)
+    widest = max(ev.k for _, _, ev in evaluated)
+    header = ["split", "K", "blocks"] + [f"s{i + 1}" for i in range(widest)] + [f"max {unit}", "total/max"] + (
+        ["cap"] if cap is not None else [])
+    rows = []
     for label, cuts, ev in evaluated:
-        row = [label, str(ev.k), "+".join(str(s) for s in ev.sizes),
-               " ".join(fmt(v).rjust(width) for v in ev.stage_costs), fmt(ev.bottleneck),
-               f"{total / ev.bottleneck:.2f}x"]
+        row = [label, str(ev.k), "+".join(str(s) for s in ev.sizes)] + [fmt(v) for v in ev.stage_costs] + \
+            [""] * (widest - ev.k) + [fmt(ev.bottleneck), f"{total / ev.bottleneck:.2f}x"]
         if cap is not None:
             worst = max(sum(memory[a:b]) for a, b in zip(cuts, cuts[1:]))
             row.append("ok" if worst <= cap else f"over ({format_bytes(worst)})")
         rows.append(row)
-    lines += [""] + _table(rows, {1, 4, 5})
-    click.echo("\n".join(lines))
+    own = evaluated[1][2]
+    print_fitted(f"splits compared ({unit} per stage s1, s2, ...)", header, rows, total_row=False, left=(0, 2),
+                 lines=[f"spec's own: its local stages {' | '.join(own_names)}; uniform: equal block counts; "
+                        "params-balanced: least largest stage in parameters (DeepSpeed's 'parameters' partition).",
+                        verdict(own, best, stages, own.k, fmt, unit)])
 
     if output:
         from archspec.io import write_text_atomic
@@ -219,19 +239,23 @@ def split(spec, stages, by, memory_cap, batch, optimizer, time_batch, runs, thre
 COMMANDS = [split]
 
 
-def _split_module(ref, k, by, batch, optimizer, links, size, channels, refused):
+def _split_module(ref, k, by, ops, measure, batch, optimizer, links, size, channels, refused):
     """A module's chain is its named submodules, costed by the profile (archspec.split)."""
     import archspec
 
     if refused or by == "time":
         raise UserError(f"{', '.join(refused) or '--by time'} needs a spec (hint: for module:callable use --by "
                         "flops, memory, params or mix)")
+    if measure != "saved":
+        raise UserError(f"--measure {measure} needs a spec; a module's memory is 'saved' (hint: drop --measure)")
     model = load_module(ref)
     prof = archspec.profile(model, (channels or 3, *(size or DEFAULT_MODULE_SIZE)), stages=links, batch=batch,
-                            optimizer=optimizer, name=ref, ops=("conv", "fc", "bn", "pool"))
+                            optimizer=optimizer, name=ref, ops=ops)
     result = archspec.split(prof, k, by=by)
+    uses_memory = by in ("memory", "mix")
     click.echo(f"{ref}: {len(result.labels)} named submodules into {k} stages by {by}")
-    click.echo("chain: the named submodules in order (ops outside them not included); flops: forward MACs per image "
-               "of conv+fc+bn+pool" + (f"; memory: saved bytes at batch {batch} + weights, gradients and {optimizer} "
-                                        "state" if by in ("memory", "mix") else ""))
+    click.echo(conventions_line(ops if by in ("flops", "mix") else None, "saved" if uses_memory else None,
+                                batch=batch if uses_memory else None))
+    click.echo("chain: the named submodules in order (ops outside them not included)" +
+               (f"; memory: saved bytes + weights, gradients and {optimizer} state" if uses_memory else ""))
     click.echo(str(result))

@@ -71,6 +71,11 @@ class Block:
     macs_by_op: dict
     in_shape: tuple[int, int, int]
     out_shape: tuple[int, int, int]
+    elems: dict = None  # per image: 'output' (the block's), 'conv_outputs', 'block_outputs' elements
+
+    def flops(self, ops) -> int:
+        """Forward FLOPs per image (2 x MACs) of the op classes ``ops``."""
+        return 2 * sum(self.macs_by_op[o] for o in ops)
 
 
 @dataclass(frozen=True)
@@ -88,18 +93,23 @@ class Chain:
         return [b.label for b in self.blocks]
 
     def own_cuts(self) -> tuple[int, ...]:
-        """The spec's own stages as a split of the chain (the stem folded into the first)."""
-        cuts = [0]
-        for i in range(1, self.n):
-            if self.blocks[i].pieces[-1].stage != self.blocks[i - 1].pieces[-1].stage:
-                cuts.append(i)
+        """The spec's own local stages as a split of the chain (the stem folded into the first;
+        stages sharing a ``local_stage`` label are one)."""
+        from archspec.profiling.memory import local_stages
+
+        group_of = {name: gi for gi, group in enumerate(local_stages(self.spec)) for name in group}
+        key = [group_of[self.spec.stages[blk.pieces[-1].stage].name] for blk in self.blocks]
+        cuts = [0] + [i for i in range(1, self.n) if key[i] != key[i - 1]]
         return tuple(cuts) + (self.n,)
 
     def own_names(self) -> list[str]:
+        """The spec's local stages' names (its ``local_stage`` labels where given)."""
+        from archspec.profiling.memory import local_stage_name
+
         names, stages = [], self.spec.stages
         for a, b in zip(self.own_cuts(), self.own_cuts()[1:]):
             held = sorted({p.stage for blk in self.blocks[a:b] for p in blk.pieces})
-            names.append("+".join(stages[s].name for s in held))
+            names.append(local_stage_name(self.spec, [stages[s].name for s in held]))
         return names
 
     def stage_label(self, a: int, b: int) -> str:
@@ -139,7 +149,9 @@ def build_chain(spec: Spec) -> Chain:
                 c, h, w = _block(counts, group, c, h, w, first=rep == 0)
                 piece = Piece(si, gi, rep, number, f"{stage.name}.{number}", ds,
                               rep == 0 and any(cv.stride > 1 for cv in group.convs))
-                raw.append((piece, counts.params, dict(counts.macs), in_shape, (c, h, w)))
+                raw.append((piece, counts.params, dict(counts.macs), in_shape, (c, h, w),
+                            {"output": c * h * w, "conv_outputs": counts.conv_output_elems,
+                             "block_outputs": counts.block_output_elems}))
     stem_pieces = sum(1 for r in raw if r[0].stage < stem_count)
     if stem_pieces == len(raw):  # nothing after the stem: no folding
         stem_count, stem_pieces = 0, 0
@@ -150,8 +162,10 @@ def build_chain(spec: Spec) -> Chain:
         pieces = tuple(r[0] for r in grp)
         stem_names = list(dict.fromkeys(spec.stages[p.stage].name for p in pieces[:-1]))
         label = "+".join(stem_names + [pieces[-1].label])
+        elems = {"output": grp[-1][5]["output"],
+                 **{m: sum(r[5][m] for r in grp) for m in ("conv_outputs", "block_outputs")}}
         blocks.append(Block(label, pieces, sum(r[1] for r in grp), sum(macs[o] for o in TABLE6_OPS), macs,
-                            grp[0][3], grp[-1][4]))
+                            grp[0][3], grp[-1][4], elems))
     return Chain(spec, tuple(blocks), tuple(s.name for s in spec.stages[:stem_count]))
 
 

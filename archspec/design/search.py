@@ -5,17 +5,19 @@ Definitions (the same as ``archspec balance`` and ``archspec profile --paper``):
 
 - shares are per **local stage**: the stem ``conv1`` folds into the first residual stage, the
   head is left out;
-- FLOPs: forward MACs of conv, fc, batch norm and pooling (``TABLE6_OPS``, the LoCo paper's
-  Table 6 convention); memory: residual block outputs (``block_outputs``); params: parameters;
+- FLOPs: forward FLOPs (2 x MACs) of the op classes ``ops`` (default conv, fc: every command's
+  default, archspec.vocabulary; conv, fc, bn, pool is the LoCo paper's Table 6 convention); memory:
+  residual block outputs (``block_outputs``: the one measure a closed form gives for thousands of
+  candidates a second; ``saved`` needs a trace per network); params: parameters;
 - a stage is inside the band LO:HI when LO <= share (%) <= HI for FLOPs and for memory.
 
-Budgets: the network's total forward MACs in the same convention, head included (ResNet-50:
-4.10 G), and its total parameters, head included (ResNet-50: 25.6 M).
+Budgets: the network's total forward FLOPs in the same convention, head included (ResNet-50:
+8.18 G of conv, fc), and its total parameters, head included (ResNet-50: 25.6 M).
 
 Objective, among designs inside the band and the budgets (lower is better)::
 
     J = max over stages and over {FLOPs, memory} of |share - 100/N|      (points)
-        + SLACK_WEIGHT * (1 - MACs / FLOP budget)                          (0.5 points per unused 10%)
+        + SLACK_WEIGHT * (1 - FLOPs / FLOP budget)                         (0.5 points per unused 10%)
 
 so a design balanced to within a point that uses the budget beats a perfectly balanced toy.
 
@@ -38,9 +40,11 @@ import numpy as np
 
 from archspec.design import space as S
 from archspec.errors import UserError
+from archspec.vocabulary import DEFAULT_OPS
 
+DESIGN_OPS = ("conv", "fc", "bn", "pool")  # the op classes the closed-form evaluator counts
 SLACK_WEIGHT = 5.0  # points of J per unused FLOP budget (0.5 points per 10%)
-DEFAULT_BUDGET_FLOPS = 4_100_000_000  # ResNet-50: 4.10 G MACs of conv+fc+bn+pool per image
+DEFAULT_BUDGET_FLOPS = 8_200_000_000  # ResNet-50: 8.18 GFLOPs (2 x MACs) of conv, fc per image
 DEFAULT_BUDGET_PARAMS = 30_000_000  # ResNet-50: 25.6 M, PResNet-50: 25.0 M
 MAX_STAGES = 12
 
@@ -111,6 +115,14 @@ def check_request(n_stages: int, band: tuple[float, float]) -> None:
                         f"--band {default_band(n_stages)[0]:g}:{default_band(n_stages)[1]:g})")
 
 
+def check_ops(ops) -> None:
+    """The closed-form evaluator counts conv, fc, bn and pool; shares need conv."""
+    other = [o for o in ops if o not in DESIGN_OPS]
+    if other or "conv" not in ops:
+        raise UserError(f"design counts FLOPs of some of {', '.join(DESIGN_OPS)}, conv among them; got "
+                        f"--ops {','.join(ops)} (hint: e.g. --ops conv,fc or --ops conv,fc,bn,pool)")
+
+
 # ---------------------------------------------------------------------------------------------
 # the evaluator
 
@@ -127,23 +139,26 @@ class Counts:
     head_pool: np.ndarray
     head_fc: np.ndarray
     head_params: np.ndarray
+    ops: tuple = DEFAULT_OPS
 
     @property
     def flops(self) -> np.ndarray:
-        """MACs of conv, fc, bn and pool per local stage (no fc outside the head)."""
-        return self.conv + self.bn + self.pool
+        """MACs of the counted op classes per local stage (no fc outside the head)."""
+        return self.conv * ("conv" in self.ops) + self.bn * ("bn" in self.ops) + self.pool * ("pool" in self.ops)
 
     @property
     def total_macs(self) -> np.ndarray:
-        return self.flops.sum(axis=1) + self.head_pool + self.head_fc
+        return (self.flops.sum(axis=1) + self.head_pool * ("pool" in self.ops)
+                + self.head_fc * ("fc" in self.ops))
 
     @property
     def total_params(self) -> np.ndarray:
         return self.params.sum(axis=1) + self.head_params
 
 
-def evaluate(genes: np.ndarray, n_stages: int) -> Counts:
-    """Closed-form counts of every (repaired) row, as ``analytic.stage_counts`` counts its spec."""
+def evaluate(genes: np.ndarray, n_stages: int, ops=DEFAULT_OPS) -> Counts:
+    """Closed-form counts of every (repaired) row, as ``analytic.stage_counts`` counts its spec;
+    FLOPs of the op classes ``ops`` (some of DESIGN_OPS)."""
     p = len(genes)
     z = lambda: np.zeros((p, n_stages), dtype=np.int64)  # noqa: E731
     conv, bn, pool, params, memory = z(), z(), z(), z(), z()
@@ -180,7 +195,7 @@ def evaluate(genes: np.ndarray, n_stages: int) -> Counts:
         memory[:, i] = d * c * area
         cin, prev = c, s
     return Counts(conv, bn, pool, params, memory, head_pool=cin * prev * prev, head_fc=cin * S.FC,
-                  head_params=cin * S.FC + S.FC)
+                  head_params=cin * S.FC + S.FC, ops=tuple(ops))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -209,7 +224,7 @@ def score(counts: Counts, band, budget_flops: int, budget_params: int) -> Scores
     n = fs.shape[1]
     out = lambda x: (np.maximum(lo - x, 0) + np.maximum(x - hi, 0)).sum(axis=1)  # noqa: E731
     macs, params = counts.total_macs, counts.total_params
-    use = macs / budget_flops
+    use = 2 * macs / budget_flops  # the budget is in FLOPs
     violation = out(fs) + out(ms) + 100 * np.maximum(use - 1, 0) + 100 * np.maximum(params / budget_params - 1, 0)
     dev = np.maximum(np.abs(fs - 100 / n).max(axis=1), np.abs(ms - 100 / n).max(axis=1))
     objective = dev + SLACK_WEIGHT * (1 - np.minimum(use, 1))
@@ -253,6 +268,7 @@ class Result:
     cut_off: bool = False  # the time limit ended the search before its schedule did
     best_violation: float = math.inf  # of the best design seen (0 when one was found)
     first_found: float | None = None  # seconds until the first design inside the band and budgets
+    ops: tuple = DEFAULT_OPS  # the op classes in FLOPs
 
     @property
     def rate(self) -> float:
@@ -287,8 +303,9 @@ def _join(parts: list[tuple[np.ndarray, Scores]]) -> tuple[np.ndarray, Scores]:
 
 def search(n_stages: int, band=None, budget_flops: int = DEFAULT_BUDGET_FLOPS,
            budget_params: int = DEFAULT_BUDGET_PARAMS, top: int = 3, seed: int = 0,
-           time_limit: float = 60.0, progress: bool = False) -> Result:
+           time_limit: float = 60.0, progress: bool = False, ops=DEFAULT_OPS) -> Result:
     """Search for ``n_stages``-stage designs inside ``band``; the best ``top`` feasible ones.
+    ``ops``: the op classes in FLOPs (some of DESIGN_OPS, conv among them); budget_flops in FLOPs.
 
     ISLANDS populations evolve side by side (evaluated as one batch); every MIGRATE generations
     each receives its neighbour's best design. The search stops PATIENCE generations after the
@@ -298,11 +315,12 @@ def search(n_stages: int, band=None, budget_flops: int = DEFAULT_BUDGET_FLOPS,
     check_request(n_stages, band)
     rng = np.random.default_rng(seed)
     start = time.perf_counter()
-    result = Result(n_stages, band, budget_flops, budget_params, seed, [])
+    check_ops(ops)
+    result = Result(n_stages, band, budget_flops, budget_params, seed, [], ops=tuple(ops))
 
     def scored(genes):
         result.evaluated += len(genes)
-        return score(evaluate(genes, n_stages), band, budget_flops, budget_params)
+        return score(evaluate(genes, n_stages, ops), band, budget_flops, budget_params)
 
     def best_of(island):
         g, sc = island
@@ -395,39 +413,58 @@ def _block_text(st: dict) -> str:
     return text + f" x{st['depth']}"
 
 
-def render(result: Result) -> str:
-    """The best designs, one table each: per local stage its layers and shares."""
+def design_rows(d: Design) -> list[list[str]]:
+    """Per local stage: name, output size, downsampling, blocks, FLOPs %, memory %, params %."""
+    stem, *stages = d.stages()
+    rows = []
+    for i, st in enumerate(stages):
+        name = f"conv1+{st['name']}" if i == 0 else st["name"]
+        blocks = _block_text(st) if i else f"stem {stem['width']}, {_block_text(st)}"
+        rows.append([name, f"{st['size']}x{st['size']}", "maxpool" if i == 0 else st["downsample"], blocks,
+                     f"{d.flops_share[i]:.2f}", f"{d.memory_share[i]:.2f}", f"{d.params_share[i]:.2f}"])
+    return rows
+
+
+DESIGN_HEADERS = ["local stage", "size", "downsample", "blocks", "FLOPs %", "mem %", "params %"]
+
+
+def headline(result: Result) -> list[str]:
+    from archspec.vocabulary import conventions_line
+
     lo, hi = result.band
-    n = result.n_stages
-    lines = [f"{len(result.designs)} best {n}-stage design(s) inside {lo:g}:{hi:g}% (FLOPs = MACs of conv+fc+bn+pool, "
-             f"memory = residual block outputs, per local stage; budgets {result.budget_flops / 1e9:.2f} G MACs, "
-             f"{result.budget_params / 1e6:.1f} M params; seed {result.seed})"]
+    return [f"{len(result.designs)} best {result.n_stages}-stage design(s) inside {lo:g}:{hi:g}% per local stage; "
+            f"budgets {result.budget_flops / 1e9:.2f} GFLOPs, {result.budget_params / 1e6:.1f} M params; "
+            f"seed {result.seed}", conventions_line(result.ops, "block_outputs")]
+
+
+def design_line(k: int, d: Design, result: Result) -> str:
+    flops = 2 * d.total_macs
+    return (f"design {k}: max deviation {d.max_deviation:.2f} points from {100 / result.n_stages:.2f}%, "
+            f"{flops / 1e9:.3f} GFLOPs ({100 * flops / result.budget_flops:.1f}% of budget), "
+            f"{d.total_params / 1e6:.2f} M params, J = {d.objective:.3f}")
+
+
+def render(result: Result) -> str:
+    """The best designs as plain text, one table each (the terminal prints them fitted)."""
+    lines = headline(result)
     for k, d in enumerate(result.designs, 1):
-        stem, *stages = d.stages()
-        lines.append("")
-        lines.append(f"design {k}: max deviation {d.max_deviation:.2f} points from {100 / n:.2f}%, "
-                     f"{d.total_macs / 1e9:.3f} G MACs ({100 * d.total_macs / result.budget_flops:.1f}% of budget), "
-                     f"{d.total_params / 1e6:.2f} M params, J = {d.objective:.3f}")
-        lines.append(f"  {'stage':<12} {'size':>7} {'downsample':<12} {'blocks':<32} {'FLOPs %':>8} {'mem %':>7} "
-                     f"{'params %':>8}")
-        for i, st in enumerate(stages):
-            name = f"conv1+{st['name']}" if i == 0 else st["name"]
-            blocks = _block_text(st) if i else f"stem {stem['width']}, {_block_text(st)}"
-            ds = "maxpool" if i == 0 else st["downsample"]
-            lines.append(f"  {name:<12} {st['size']:>3}x{st['size']:<3} {ds:<12} {blocks:<32} "
-                         f"{d.flops_share[i]:>8.2f} {d.memory_share[i]:>7.2f} {d.params_share[i]:>8.2f}")
-    return "\n".join(lines) + "\n"
+        rows = [DESIGN_HEADERS] + design_rows(d)
+        widths = [max(len(r[i]) for r in rows) for i in range(len(DESIGN_HEADERS))]
+        lines += ["", design_line(k, d, result)]
+        lines += ["  " + " ".join(c.ljust(w) if i < 4 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+                  for r in rows]
+    return "\n".join(line.rstrip() for line in lines) + "\n"
 
 
-def check_counts(spec, design: Design) -> None:
+def check_counts(spec, design: Design, ops=DEFAULT_OPS) -> None:
     """The written spec counts exactly what the evaluator counted (an internal check)."""
     from archspec.profiling.analytic import stage_counts
     from archspec.profiling.memory import local_stages
 
-    counts = evaluate(design.row[None, :], design.n_stages)
+    counts = evaluate(design.row[None, :], design.n_stages, ops)
     analytic = stage_counts(spec)
     groups = local_stages(spec)
-    got = [[sum(analytic[n].macs[o] for n in g for o in ("conv", "fc", "bn", "pool")) for g in groups],
+    got = [[sum(analytic[n].macs[o] for n in g for o in ops) for g in groups],
            [sum(analytic[n].block_output_elems for n in g) for g in groups],
            [sum(analytic[n].params for n in g) for g in groups], sum(c.params for c in analytic.values())]
     want = [counts.flops[0].tolist(), counts.memory[0].tolist(), counts.params[0].tolist(),
@@ -448,16 +485,16 @@ def spec_text(result: Result, command: str, output: str | None = None) -> str:
     title = f"Balanced {n}-stage PResNet-like network, generated by `archspec design --stages {n} --seed {result.seed}`"
     shares = lambda xs: " / ".join(f"{x:.2f}" for x in xs)  # noqa: E731
     notes = (f"Generated by: {command}. "
-             f"Every local stage (conv1 folds into res2) takes {lo:g}-{hi:g}% of the FLOPs (MACs of conv+fc+bn+pool) "
-             f"and of the memory (residual block outputs), the LoCo paper's Table 6 convention. "
+             f"Every local stage (conv1 folds into res2) takes {lo:g}-{hi:g}% of the FLOPs (2 x MACs of "
+             f"{', '.join(result.ops)}) and of the memory (residual block outputs). "
              f"FLOPs %: {shares(d.flops_share)}; memory %: {shares(d.memory_share)}; "
              f"params %: {shares(d.params_share)}. "
-             f"Total: {d.total_macs:,} MACs per image (budget {result.budget_flops:,}), {d.total_params:,} params "
+             f"Total: {2 * d.total_macs:,} FLOPs per image (budget {result.budget_flops:,}), {d.total_params:,} params "
              f"(budget {result.budget_params:,}); max deviation from {100 / n:.2f}%: {d.max_deviation:.2f} points. "
              f"Search: seed {result.seed}, {result.evaluated:,} designs evaluated, {result.generations} generations"
              + (" (cut off by the time limit: a rerun may differ)" if result.cut_off else "") + ".")
     text = dumps(d.spec(name=name, title=title, notes=notes))
     spec = loads(text, source=output or "<design>")
-    check_counts(spec, d)
+    check_counts(spec, d, result.ops)
     header = f"# {title}.\n# {command}\n"
     return header + text

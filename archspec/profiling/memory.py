@@ -41,6 +41,17 @@ def local_stages(spec: Spec) -> list[list[str]]:
     return groups
 
 
+def local_stage_name(spec: Spec | None, group) -> str:
+    """A local stage's name in every table: the spec's ``local_stage`` label when its stages carry
+    one (a split written by ``archspec split -o`` keeps ``stage2`` for stage2a + stage2b), else
+    its stages joined by '+' (``conv1+res2``)."""
+    if spec is not None:
+        labels = {s.local_stage for s in spec.stages if s.name in group}
+        if len(labels) == 1 and None not in labels:
+            return labels.pop()
+    return "+".join(group)
+
+
 @dataclass
 class MemoryPlan:
     """Bytes at the peak of a step, by what holds them (archspec.profiling.step_memory.StepPeak)."""

@@ -11,15 +11,15 @@ from archspec.errors import UserError
 from archspec.nn.compiler import StagedNet
 from archspec.profiling.analytic import OP_CLASSES, stage_counts
 from archspec.nn.decoders import DecoderConfig
-from archspec.profiling.memory import METHODS, OPTIMIZER_STATES, MemoryPlan, local_stages
+from archspec.profiling.memory import METHODS, OPTIMIZER_STATES, MemoryPlan, local_stage_name, local_stages
 from archspec.profiling.step_memory import step_peak
 from archspec.profiling.traced import trace
 from archspec.spec.resize import at_input_size
 from archspec.spec.schema import Spec
+from archspec.vocabulary import DEFAULT_OPS  # one default for every command
 
 SCHEMA = "archspec.profile/1"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
-DEFAULT_OPS = ("conv", "fc")
 ACTIVATION_MEASURES = {
     "output": "the stage's output feature map",
     "conv_outputs": "sum of every conv output in the stage (projection shortcuts included)",
@@ -134,6 +134,8 @@ class Profile:
             "stages": [record(r) for r in self.stages],
             "total": record(total),
         }
+        if self.groups:
+            doc["local_stage_names"] = [local_stage_name(self.spec, g) for g in self.groups]
         if self.spec is None:
             doc["source"] = {"module": self.source["name"], "input_shape": list(self.source["input_shape"])}
             doc["local_stages"] = self.groups
@@ -242,8 +244,8 @@ def profile(spec: Spec, *, batch: int = 256, size: tuple[int, int] | None = None
                          "saved": t.saved_bytes}))
     result = Profile(spec, batch, dtype, optimizer, tuple(ops), rows,
                      unknown={n: dict(t.unknown) for n, t in traced.items() if t.unknown})
+    result.groups = local_stages(spec)
     if training:
-        result.groups = local_stages(spec)
         result.memory = {}
         for method in METHODS:  # the runner's step, run on meta tensors (archspec.profiling.step_memory)
             peak = step_peak(spec, method, batch, torch_dtype, optimizer, decoder, weight_decay, exclude_bn_bias,

@@ -10,10 +10,9 @@ differences are printed by ``archspec profile presnet50 --paper``.
 from __future__ import annotations
 
 from archspec.profiling.analytic import stage_counts
-from archspec.profiling.memory import local_stages
+from archspec.profiling.memory import local_stage_name, local_stages
 from archspec.spec.schema import Spec
-
-TABLE6_OPS = ("conv", "fc", "bn", "pool")
+from archspec.vocabulary import TABLE6_OPS
 
 # Main paper, Table 6: share (%) of memory and FLOPs per stage; total FLOPs as printed.
 PAPER_TABLE6 = {
@@ -32,7 +31,7 @@ def table6(spec: Spec, ops=TABLE6_OPS) -> dict:
     rows = []
     paper = PAPER_TABLE6.get(spec.name)
     for i, g in enumerate(groups):
-        row = {"stage": "+".join(g), "memory": _share(memory, i), "flops": _share(flops, i)}
+        row = {"stage": local_stage_name(spec, g), "memory": _share(memory, i), "flops": _share(flops, i)}
         if paper and len(paper["memory"]) == len(groups):
             row.update(paper_memory=paper["memory"][i], paper_flops=paper["flops"][i])
         rows.append(row)
@@ -45,24 +44,3 @@ def _share(values: list[int], i: int) -> float:
     """Percent of the total (0 when there is nothing, e.g. no residual blocks)."""
     total = sum(values)
     return 100 * values[i] / total if total else 0.0
-
-
-def render_table6(doc: dict) -> str:
-    """A plain-text table: ours, the paper's, and the differences in points."""
-    has_paper = "paper_memory" in doc["rows"][0]
-    head = f"{'stage':<12} {'mem %':>7} {'FLOPs %':>8}"
-    if has_paper:
-        head += f" {'paper mem':>10} {'paper FLOPs':>12} {'d mem':>7} {'d FLOPs':>8}"
-    lines = [f"Table 6 view of {doc['spec']}: memory = residual block outputs, FLOPs = MACs of "
-             f"{'+'.join(doc['ops'])} (stem folded into the first stage, head left out)", head]
-    for r in doc["rows"]:
-        line = f"{r['stage']:<12} {r['memory']:>7.2f} {r['flops']:>8.2f}"
-        if has_paper:
-            line += (f" {r['paper_memory']:>10.2f} {r['paper_flops']:>12.2f} {r['memory'] - r['paper_memory']:>+7.2f}"
-                     f" {r['flops'] - r['paper_flops']:>+8.2f}")
-        lines.append(line)
-    total = f"total {doc['total_macs'] / 1e9:.2f} G MACs"
-    if doc["paper_total"]:
-        total += f" (paper: {doc['paper_total']})"
-    lines.append(total)
-    return "\n".join(lines) + "\n"

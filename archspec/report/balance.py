@@ -5,9 +5,9 @@ Definitions (docs/reports.md states them with an example):
 
 - Shares are taken per **local stage** (``local_stages``: a leading all-conv stem folds into the
   first residual stage; the head is left out), as in the LoCo paper's Table 6.
-- FLOPs: forward MACs of the op classes ``ops`` (default ``TABLE6_OPS`` = conv, fc, bn, pool, the
-  paper's convention); memory: the activation measure ``measure`` (default ``block_outputs``, the
-  paper's); params: every parameter of the stage.
+- FLOPs: forward FLOPs (2 x MACs) of the op classes ``ops`` of the profile (default conv, fc);
+  memory: the activation measure ``measure`` (default ``saved``; ``block_outputs`` reproduces the
+  paper's Table 6); params: every parameter of the stage (archspec.vocabulary: one set of defaults).
 - Imbalance: max / mean (1 = perfect) and the coefficient of variation (population std / mean).
 - Band LO:HI (percent): a stage is inside when LO <= share <= HI for FLOPs and for memory. The
   default band for N local stages is 0.9 x 100/N : 1.2 x 100/N (15:20 for six stages).
@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 
 from archspec.errors import UserError
+from archspec.vocabulary import DEFAULT_MEASURE, bytes_unit, conventions_line, flops_prefix
 
 SCHEMA = "archspec.balance/1"
 METRICS = ("flops", "memory", "params")
@@ -50,16 +51,15 @@ def _imbalance(shares: list[float]) -> dict:
 
 
 def balance_from_profile(doc: dict, band: tuple[float, float] | None = None,
-                         measure: str | None = "block_outputs") -> dict:
+                         measure: str | None = DEFAULT_MEASURE) -> dict:
     """A balance document from a profile document (``Profile.to_dict()``). A module's profile
-    (no spec) has no block_outputs measure: ``measure=None`` takes block_outputs where there is
-    one, else saved; and no training-memory section (its local stages are its named stages)."""
+    (no spec) has no training-memory section (its local stages are its named stages)."""
     by_name = {rec["name"]: rec for rec in doc["stages"]}
     tm = doc.get("training_memory")
     groups = tm["local_stages"] if tm else doc["local_stages"]
     ops = doc["settings"]["ops"]
-    if measure is None:
-        measure = "block_outputs" if "block_outputs" in doc["total"]["activation_bytes"] else "saved"
+    measure = measure or DEFAULT_MEASURE
+    names = doc.get("local_stage_names") or ["+".join(g) for g in groups]
     if measure not in doc["total"]["activation_bytes"]:
         raise UserError(f"unknown memory measure '{measure}' (hint: use one of "
                         f"{', '.join(doc['total']['activation_bytes'])})")
@@ -74,7 +74,7 @@ def balance_from_profile(doc: dict, band: tuple[float, float] | None = None,
     lo, hi = band if band is not None else default_band(len(groups))
     stages, outside = [], []
     for i, group in enumerate(groups):
-        name = "+".join(group)
+        name = names[i]
         row = {"name": name, "stages": list(group)}
         for m in METRICS:
             row[m] = values[m][i]
@@ -149,12 +149,16 @@ def summary_lines(doc: dict) -> list[str]:
 
 
 def stage_rows(doc: dict) -> list[dict]:
+    prefix, scale = flops_prefix(doc["totals"]["flops"])
+    unit, size = bytes_unit(doc["totals"]["memory"])
+    measure = doc["settings"]["measure"]
     rows = []
     for r in doc["stages"]:
         mark = {m: "" if r[f"{m}_in_band"] else " *" for m in BANDED}
         rows.append({"local stage": r["name"],
-                     "GFLOPs": f"{r['flops'] / 1e9:.3f}", "FLOPs %": f"{r['flops_share']:.2f}{mark['flops']}",
-                     "memory MiB": f"{r['memory'] / 2**20:.1f}", "memory %": f"{r['memory_share']:.2f}{mark['memory']}",
+                     f"{prefix}FLOPs": f"{r['flops'] / scale:.3f}", "FLOPs %": f"{r['flops_share']:.2f}{mark['flops']}",
+                     f"{measure} {unit}": f"{r['memory'] / size:.1f}",
+                     f"{measure} %": f"{r['memory_share']:.2f}{mark['memory']}",
                      "params": f"{r['params']:,}", "params %": f"{r['params_share']:.2f}"})
     return rows
 
@@ -162,12 +166,13 @@ def stage_rows(doc: dict) -> list[dict]:
 def caption(doc: dict) -> str:
     c, s = doc["conventions"], doc["settings"]
     lo, hi = s["band"]
-    return (f"{doc['title'] or doc['spec']}, input {s['input_size'][0]}x{s['input_size'][1]}, {s['dtype']}. "
-            f"Shares per local stage ({c['local_stages']}). FLOPs: {c['flops']}. Memory: {c['memory']}. "
+    return (f"{doc['title'] or doc['spec']}, input {s['input_size'][0]}x{s['input_size'][1]}. "
+            f"{conventions_line(s['ops'], s['measure'], batch=s['batch'], dtype=s['dtype'])} "
+            f"Shares per local stage ({c['local_stages']}); '{s['measure']}' = {c['memory']}. "
             f"* = outside the band {lo:g}:{hi:g}%.")
 
 
-def render(doc: dict, fmt: str) -> str:
+def render(doc: dict, fmt: str, standalone: bool = False) -> str:
     import json
 
     if fmt == "json":
@@ -182,26 +187,18 @@ def render(doc: dict, fmt: str) -> str:
         text = "\n".join(f"- {line}" for line in summary_lines(doc))
         return f"{caption(doc)}\n\n{frame.to_markdown(index=False, disable_numparse=True)}\n\n{text}\n"
     if fmt == "tex":
-        from archspec.report.latex import booktabs_table
+        from archspec.report import latex
 
-        return booktabs_table(frame, caption(doc), f"tab:{doc['spec']}-balance")
+        text = latex.booktabs_table(frame, caption(doc), f"tab:{doc['spec']}-balance")
+        return latex.document(text) if standalone else text
     raise ValueError(fmt)
 
 
 def print_terminal(doc: dict) -> None:
-    from rich.table import Table
+    from archspec.report.terminal import print_fitted
 
-    from archspec.report.terminal import console
-
-    con = console()
     lo, hi = doc["settings"]["band"]
-    table = Table(title=f"{doc['title'] or doc['spec']}: balance of local stages (band {lo:g}:{hi:g}%)",
-                  caption=caption(doc), caption_justify="left")
     rows = stage_rows(doc)
-    for col in rows[0]:
-        table.add_column(col, justify="left" if col == "local stage" else "right")
-    for row in rows:
-        table.add_row(*[f"[red]{v}[/red]" if v.endswith("*") else v for v in row.values()])
-    con.print(table)
-    for line in summary_lines(doc):
-        con.print(line, highlight=False)
+    cells = [[f"[red]{v}[/red]" if v.endswith("*") else v for v in row.values()] for row in rows]
+    print_fitted(f"{doc['title'] or doc['spec']}: balance of local stages (band {lo:g}:{hi:g}%)", list(rows[0]),
+                 cells, total_row=False, lines=[caption(doc)] + summary_lines(doc))

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import json
 
+from archspec.vocabulary import DEFAULT_MEASURE, bytes_unit, conventions_line, flops_prefix
+
 SCHEMA = "archspec.compare/1"
-MIB = 2 ** 20
 
 
 def stage_order(docs: list[dict]) -> list[str]:
@@ -25,7 +26,7 @@ def stage_order(docs: list[dict]) -> list[str]:
     return order
 
 
-def compare_docs(docs: list[dict], measure: str = "saved") -> dict:
+def compare_docs(docs: list[dict], measure: str = DEFAULT_MEASURE) -> dict:
     """The comparison document: one record per (stage, spec) that exists, plus totals."""
     first = docs[0]["settings"]
     rows = []
@@ -60,17 +61,26 @@ def caption(doc: dict) -> str:
     sizes = {tuple(v) for v in s["input_sizes"].values()}
     size = "x".join(map(str, next(iter(sizes)))) if len(sizes) == 1 else "per spec"
     return (f"{' vs '.join(doc['titles'][n] or n for n in doc['specs'])}, per stage; input {size}. "
-            f"Params: exact counts. FLOPs: {c['flops']} (GFLOPs). Memory: '{s['measure']}' = {c['memory']} (MiB = 2^20 "
-            f"bytes). Shares: {c['shares']}.")
+            f"{conventions_line(s['ops'], s['measure'], batch=s['batch'], dtype=s['dtype'])} "
+            f"Params: exact counts. '{s['measure']}' = {c['memory']}. Shares: {c['shares']}.")
+
+
+def _units(doc: dict) -> tuple[str, float, str, int]:
+    totals = [v for row in doc["rows"] if row["stage"] == "total" for v in row["specs"].values()]
+    prefix, scale = flops_prefix(max(t["flops"] for t in totals))
+    unit, size = bytes_unit(max(t["memory_bytes"] for t in totals))
+    return prefix, scale, unit, size
 
 
 def columns(doc: dict) -> list[tuple[str, str]]:
     """(spec, column) pairs in display order."""
+    prefix, _, unit, _ = _units(doc)
     return [(spec, col) for spec in doc["specs"]
-            for col in ("params", "params %", "GFLOPs", "FLOPs %", "memory MiB", "memory %")]
+            for col in ("params", "params %", f"{prefix}FLOPs", "FLOPs %", f"memory {unit}", "memory %")]
 
 
 def display_rows(doc: dict) -> list[list[str]]:
+    _, scale, _, size = _units(doc)
     out = []
     for row in doc["rows"]:
         cells = [row["stage"]]
@@ -79,8 +89,8 @@ def display_rows(doc: dict) -> list[list[str]]:
             if v is None:
                 cells += ["-"] * 6
                 continue
-            cells += [f"{v['params']:,}", f"{100 * v['params_share']:.2f}", f"{v['flops'] / 1e9:.3f}",
-                      f"{100 * v['flops_share']:.2f}", f"{v['memory_bytes'] / MIB:.1f}",
+            cells += [f"{v['params']:,}", f"{100 * v['params_share']:.2f}", f"{v['flops'] / scale:.3f}",
+                      f"{100 * v['flops_share']:.2f}", f"{v['memory_bytes'] / size:.1f}",
                       f"{100 * v['memory_share']:.2f}"]
         out.append(cells)
     return out
@@ -95,7 +105,7 @@ def csv_frame(doc: dict):
     return pd.DataFrame.from_records(records)
 
 
-def render(doc: dict, fmt: str) -> str:
+def render(doc: dict, fmt: str, standalone: bool = False) -> str:
     if fmt == "json":
         return json.dumps(doc, indent=2) + "\n"
     if fmt == "csv":
@@ -107,27 +117,31 @@ def render(doc: dict, fmt: str) -> str:
         frame = pd.DataFrame(display_rows(doc), columns=header)
         return f"{caption(doc)}\n\n{frame.to_markdown(index=False, disable_numparse=True)}\n"
     if fmt == "tex":
-        from archspec.report.latex import booktabs_table, escape
+        from archspec.report.latex import booktabs_table, document, escape
 
         header = ["stage"] + [col for _, col in columns(doc)]
         frame = pd.DataFrame(display_rows(doc), columns=header)
         groups = " & ".join([""] + [rf"\multicolumn{{6}}{{c}}{{{escape(doc['titles'][s] or s)}}}" for s in doc["specs"]])
         rules = " ".join(rf"\cmidrule(lr){{{2 + 6 * i}-{7 + 6 * i}}}" for i in range(len(doc["specs"])))
-        return booktabs_table(frame, caption(doc), "tab:compare-" + "-".join(doc["specs"]),
+        text = booktabs_table(frame, caption(doc), "tab:compare-" + "-".join(doc["specs"]),
                               header_rows=[groups + r" \\", rules])
+        return document(text) if standalone else text
     raise ValueError(fmt)
 
 
 def print_terminal(doc: dict) -> None:
-    from rich.table import Table
+    """One table when it fits the terminal; else one table per spec (each fitted in turn)."""
+    from archspec.report.terminal import console, fits, print_fitted
 
-    from archspec.report.terminal import console
-
-    table = Table(title="Per-stage comparison", caption=caption(doc), caption_justify="left")
-    table.add_column("stage")
-    for spec, col in columns(doc):
-        table.add_column(f"{spec}\n{col}", justify="right")
+    headers = ["stage"] + [f"{spec} {col}" for spec, col in columns(doc)]
     rows = display_rows(doc)
-    for i, cells in enumerate(rows):
-        table.add_row(*cells, end_section=i == len(rows) - 2, style="bold" if i == len(rows) - 1 else None)
-    console().print(table)
+    if fits(headers, rows, console().width):
+        print_fitted("Per-stage comparison", headers, rows, lines=[caption(doc)])
+        return
+    cols = [col for _, col in columns(doc)][:6]
+    for i, spec in enumerate(doc["specs"]):
+        mine = [[r[0]] + r[1 + 6 * i: 7 + 6 * i] for r in rows]
+        last = i == len(doc["specs"]) - 1
+        print_fitted(f"Per-stage comparison: {spec} ({doc['titles'][spec] or spec})", ["stage"] + cols, mine,
+                     lines=[caption(doc), f"(one table per spec to fit {console().width} columns; a wider "
+                                          "terminal shows them side by side)"] if last else [])

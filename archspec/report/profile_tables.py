@@ -6,17 +6,19 @@ from __future__ import annotations
 
 import json
 
+from archspec.vocabulary import DEFAULT_MEASURE, bytes_unit, conventions_line, flops_prefix
+
 MIB = 2 ** 20
-GIGA = 1e9
 FORMATS = ("table", "md", "tex", "csv", "json")
 
 
-def caption(doc: dict, measure: str = "saved") -> str:
+def caption(doc: dict, measure: str = DEFAULT_MEASURE) -> str:
+    """The conventions line, then the definitions behind it."""
     s = doc["settings"]
-    return (f"{doc['title'] or doc['spec']}, input {s['input_size'][0]}x{s['input_size'][1]}, {s['dtype']} "
-            f"({s['bytes_per_element']} bytes/element). Compute per image: GFLOPs = 2 x GMACs of "
-            f"{', '.join(s['ops'])}; backward traced from the autograd graph. Memory in MiB (2^20 bytes) at batch "
-            f"{s['batch']}: stage output, and '{measure}' = {doc['conventions']['activation_measures'][measure]}.")
+    return (f"{doc['title'] or doc['spec']}, input {s['input_size'][0]}x{s['input_size'][1]}. "
+            f"{conventions_line(s['ops'], measure, batch=s['batch'], dtype=s['dtype'])} "
+            f"Backward traced from the autograd graph; {s['bytes_per_element']} bytes/element; "
+            f"'{measure}' = {doc['conventions']['activation_measures'][measure]}.")
 
 
 def notes(doc: dict) -> list[str]:
@@ -34,8 +36,18 @@ def notes(doc: dict) -> list[str]:
     return lines
 
 
-def stage_rows(doc: dict, measure: str = "saved") -> list[dict]:
+def units(doc: dict, measure: str) -> tuple[str, float, str, int]:
+    """The FLOPs prefix and the bytes unit of the table, from its totals (G and MiB for a
+    network; M or KiB for a small module, so that no column reads 0.000)."""
+    total = doc["total"]
+    prefix, scale = flops_prefix(max(total["forward"]["flops"], total["backward"]["flops"]))
+    unit, size = bytes_unit(max(total["activation_bytes"][measure], total["activation_bytes"]["output"]))
+    return prefix, scale, unit, size
+
+
+def stage_rows(doc: dict, measure: str = DEFAULT_MEASURE) -> list[dict]:
     """Human-readable rows (one per stage, then the total), shared by table, md and tex."""
+    prefix, scale, unit, size = units(doc, measure)
     rows = []
     for rec in doc["stages"] + [doc["total"]]:
         act = rec["activation_bytes"]
@@ -45,12 +57,12 @@ def stage_rows(doc: dict, measure: str = "saved") -> list[dict]:
             "output": "x".join(str(d) for d in rec["output_shape"]),
             "params": f"{rec['params']:,}",
             "params %": f"{100 * rec['params_share']:.2f}",
-            "fwd GFLOPs": f"{fwd / GIGA:.3f}",
+            f"fwd {prefix}FLOPs": f"{fwd / scale:.3f}",
             "fwd %": f"{100 * rec['forward']['share']:.2f}",
-            "bwd GFLOPs": f"{bwd / GIGA:.3f}",
+            f"bwd {prefix}FLOPs": f"{bwd / scale:.3f}",
             "bwd/fwd": f"{bwd / fwd:.2f}" if fwd else "-",
-            "output MiB": f"{act['output'] / MIB:.2f}" if rec["name"] not in ("total", "unattributed") else "",
-            f"{measure} MiB": f"{act[measure] / MIB:.2f}",
+            f"output {unit}": f"{act['output'] / size:.2f}" if rec["name"] not in ("total", "unattributed") else "",
+            f"{measure} {unit}": f"{act[measure] / size:.2f}",
             f"{measure} %": f"{100 * rec['activation_share'][measure]:.2f}",
         })
     return rows
@@ -70,11 +82,12 @@ def memory_rows(doc: dict) -> list[dict]:
 def memory_caption(doc: dict) -> str:
     tm = doc["training_memory"]
     s = doc["settings"]
-    groups = ", ".join("+".join(g) for g in tm["local_stages"])
-    return (f"Peak training memory, {tm['images']} images (2 views x batch {s['batch']}), {s['dtype']}, "
-            f"optimizer {s['optimizer']}; local stages: {groups}; a decoder (residual block with downsampling, "
-            f"global pool, 2-layer MLP to 128-d) per local stage (SimCLR: one, on top). Peak: the most tensor bytes alive in "
-            f"one steady-state step, the runner's step run on meta tensors (docs/profile.md). Saving = SimCLR peak / peak.")
+    names = ", ".join(doc.get("local_stage_names") or ["+".join(g) for g in tm["local_stages"]])
+    return (f"Peak training memory in MiB (2^20 bytes), {tm['images']} images (2 views x batch {s['batch']}), "
+            f"{s['dtype']}, optimizer {s['optimizer']}; local stages: {names}; a decoder (residual block with "
+            f"downsampling, global pool, 2-layer MLP to 128-d) per local stage (SimCLR: one, on top). Peak: the most "
+            f"tensor bytes alive in one steady-state step, the runner's step run on meta tensors (docs/profile.md). "
+            f"Saving = SimCLR peak / peak.")
 
 
 def csv_frame(doc: dict):
@@ -95,7 +108,7 @@ def csv_frame(doc: dict):
     return pd.DataFrame.from_records(records)
 
 
-def render(doc: dict, fmt: str, measure: str = "saved") -> str:
+def render(doc: dict, fmt: str, measure: str = DEFAULT_MEASURE, standalone: bool = False) -> str:
     if fmt == "json":
         return json.dumps(doc, indent=2) + "\n"
     if fmt == "csv":
@@ -111,35 +124,23 @@ def render(doc: dict, fmt: str, measure: str = "saved") -> str:
             out += f"\n{memory_caption(doc)}\n\n{memory.to_markdown(index=False, disable_numparse=True)}\n"
         return out
     if fmt == "tex":
-        from archspec.report.latex import booktabs_table
+        from archspec.report import latex
 
-        return booktabs_table(stages, caption(doc, measure), f"tab:{doc['spec']}-profile") + (
-            "\n" + booktabs_table(memory, memory_caption(doc), f"tab:{doc['spec']}-memory") if len(memory) else "")
+        text = latex.booktabs_table(stages, caption(doc, measure), f"tab:{doc['spec']}-profile") + (
+            "\n" + latex.booktabs_table(memory, memory_caption(doc), f"tab:{doc['spec']}-memory") if len(memory) else "")
+        return latex.document(text) if standalone else text
     raise ValueError(fmt)
 
 
-def print_terminal(doc: dict, measure: str = "saved") -> None:
-    from rich.table import Table
+def print_terminal(doc: dict, measure: str = DEFAULT_MEASURE) -> None:
+    from archspec.report.terminal import print_fitted
 
-    from archspec.report.terminal import console
-
-    con = console()
-    table = Table(title=f"{doc['title'] or doc['spec']}: per-stage profile", caption=caption(doc, measure),
-                  caption_justify="left")
     rows = stage_rows(doc, measure)
-    for col in rows[0]:
-        table.add_column(col, justify="left" if col == "stage" else "right")
-    for row in rows[:-1]:
-        table.add_row(*row.values(), end_section=row is rows[-2])
-    table.add_row(*rows[-1].values(), style="bold")
-    con.print(table)
-    for line in notes(doc):
-        con.print(line, highlight=False)
+    headers = list(rows[0])
+    print_fitted(f"{doc['title'] or doc['spec']}: per-stage profile", headers, [list(r.values()) for r in rows],
+                 lines=[caption(doc, measure)] + notes(doc))
     mem = memory_rows(doc)
     if mem:
-        t2 = Table(title="Peak training memory", caption=memory_caption(doc), caption_justify="left")
-        for col in mem[0]:
-            t2.add_column(col, justify="left" if col in ("method", "peak at") else "right")
-        for row in mem:
-            t2.add_row(*row.values())
-        con.print(t2)
+        headers = list(mem[0])
+        print_fitted("Peak training memory", headers, [list(r.values()) for r in mem], total_row=False,
+                     left=(0, len(headers) - 1), lines=[memory_caption(doc)])
