@@ -13,6 +13,7 @@ from archspec.cli import main
 
 from .conftest import ROOT
 
+DOC_COLUMNS = 100  # pasted outputs are what a 100-column terminal shows
 BLOCK = re.compile(r"```[a-z]*\n\$ (archspec [^\n]+)\n(.*?)```", re.S)
 
 
@@ -30,7 +31,7 @@ def _lines(text: str) -> list[str]:
 def test_pasted_output_is_current(command, expected):
     args = shlex.split(command)[1:]
     args = [a for a in args if not a.startswith("#")]
-    result = CliRunner().invoke(main, args, terminal_width=160)
+    result = CliRunner().invoke(main, args, env={"COLUMNS": str(DOC_COLUMNS)})
     got = _lines(result.output)
     want = [line for line in _lines(expected) if not line.endswith("(exit code 1)")]
     if "..." not in want:

@@ -140,6 +140,7 @@ def balance(spec, band, check, batch, size, dtype, ops, measure, fmt, output, st
         _plot([profile_doc], measure, band, plot_stem)
     if check and not doc["balanced"]:
         names = sorted({o["stage"] for o in doc["outside_band"]})
+        sys.stdout.flush()  # the report first, then the verdict on stderr
         click.echo(f"check failed: {len(names)} local stage(s) outside the band "
                    f"{doc['settings']['band'][0]:g}:{doc['settings']['band'][1]:g}%: {', '.join(names)}", err=True)
         sys.exit(1)

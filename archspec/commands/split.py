@@ -50,7 +50,7 @@ def _formatter(by: str, scale: int, total: float):
         return format_bytes, "memory"
     if by == "time":
         return (lambda v: f"{v / 1e6:.1f}"), "ms"
-    return (lambda v: f"{100 * v / scale:.1f}"), "share %"
+    return (lambda v: f"{100 * v / scale:.1f}%"), "mix share"
 
 
 def verdict(own, best, k: int, own_k: int, fmt, unit: str) -> str:
@@ -186,9 +186,9 @@ def split(spec, stages, by, memory_cap, ops, measure, batch, optimizer, time_bat
         if cap is not None:
             row += [format_bytes(sum(memory[a:b]))]
         rows.append(row)
-    print_fitted("optimal split (exact min-max; ties: least sum of squared stage costs)", header, rows,
-                 total_row=False, left=(0, 1),
-                 lines=[f"max stage {fmt(best.bottleneck)} {unit}, bound total/max {total / best.bottleneck:.2f}x"])
+    print_fitted("optimal split", header, rows, total_row=False, left=(0, 1),
+                 lines=[f"max stage {fmt(best.bottleneck)} {unit}, bound total/max {total / best.bottleneck:.2f}x "
+                        "(exact min-max; ties: least sum of squared stage costs)"])
 
     # against the spec's own stages, a uniform split and a parameter-balanced one
     own_names = chain.own_names()
@@ -207,7 +207,7 @@ def split(spec, stages, by, memory_cap, ops, measure, batch, optimizer, time_bat
             row.append("ok" if worst <= cap else f"over ({format_bytes(worst)})")
         rows.append(row)
     own = evaluated[1][2]
-    print_fitted(f"splits compared ({unit} per stage s1, s2, ...)", header, rows, total_row=False, left=(0, 2),
+    print_fitted(f"splits compared ({unit} per stage)", header, rows, total_row=False, left=(0, 2),
                  lines=[f"spec's own: its local stages {' | '.join(own_names)}; uniform: equal block counts; "
                         "params-balanced: least largest stage in parameters (DeepSpeed's 'parameters' partition).",
                         verdict(own, best, stages, own.k, fmt, unit)])
