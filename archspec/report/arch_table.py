@@ -26,6 +26,7 @@ import re
 from dataclasses import dataclass
 
 from archspec.errors import UserError
+from archspec.report.latex import LINE_PT, TeX, document, escape, table_float, tabular_width, text_width
 from archspec.spec.notation import block_options, format_conv
 from archspec.spec.schema import POOL_DOWNSAMPLES, Conv, Spec
 
@@ -157,11 +158,9 @@ def _input_sizes(specs: list[Spec]) -> str:
     return "inputs " + ", ".join(f"{md_escape(s.title or s.name)} {size}" for s, size in zip(specs, sizes))
 
 
-def caption_text(specs: list[Spec], times: str = "x") -> str:
-    """The conventions, in words (the markdown caption; LaTeX writes the same with math)."""
-    names = ", ".join(f"{md_escape(s.title)} ({md_escape(s.name)})" if s.title else md_escape(s.name)
-                      for s in specs)
-    return (f"Architectures of {names}; {_input_sizes(specs)}. Output sizes are height x width. "
+def _conventions(specs: list[Spec], times: str) -> str:
+    """The conventions in plain words, after the models and input sizes (both formats)."""
+    return ("Output sizes are height x width. "
             f"A bracket is one residual block (2 convs: basic, 3: bottleneck), each conv 'kernel, output "
             f"channels[, groups][, stride]' and followed by batch norm; ReLU follows every conv but a block's last "
             f"and the residual addition; the shortcut is a 1x1 conv + BN projection where channels or size change. "
@@ -170,6 +169,13 @@ def caption_text(specs: list[Spec], times: str = "x") -> str:
             f"start. Params: all weights, batch norm and the fc bias included. MACs: multiply-accumulates of "
             f"conv and fc layers per image, forward pass (G = 10^9; FLOPs = 2 x MACs); batch norm, ReLU, "
             f"pooling, additions and interpolation not counted." + _option_notes(specs))
+
+
+def caption_text(specs: list[Spec], times: str = "x") -> str:
+    """The conventions, in words (the markdown caption; LaTeX escapes the same words)."""
+    names = ", ".join(f"{md_escape(s.title)} ({md_escape(s.name)})" if s.title else md_escape(s.name)
+                      for s in specs)
+    return f"Architectures of {names}; {_input_sizes(specs)}. " + _conventions(specs, times)
 
 
 def _option_notes(specs: list[Spec]) -> str:
@@ -260,36 +266,21 @@ def _render_md(specs: list[Spec], rows: list[str], columns: list[_Column]) -> st
 
 # -- LaTeX --------------------------------------------------------------------------------------
 
-_TEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-                "|": r"\textbar{}", "<": r"\textless{}", ">": r"\textgreater{}"}
-_TEX_RE = re.compile("|".join(re.escape(k) for k in _TEX_SPECIAL))
-
-
-def tex_escape(text: str) -> str:
-    """Plain text for LaTeX's text mode: specials escaped, whitespace (newlines too) collapsed."""
-    return _TEX_RE.sub(lambda m: _TEX_SPECIAL[m.group()], " ".join(str(text).split()))
-
-
 def _tex_size(size) -> str:
     return f"${size[0]}\\times {size[1]}$"
 
 
 def _tex_text(line: Text) -> str:
     """One line as math-mode material: text in \\text{}, kernels as k$\\times$k."""
-    if line.conv is not None:
-        return r"\text{" + format_conv(line.conv, r"$\times$") + "}"
-    text = tex_escape(line.text)
-    text = re.sub(r"(\d+)x(\d+)", r"\1$\\times$\2", text)
-    return r"\text{" + text + "}"
+    return r"\text{" + escape(format_conv(line.conv, "x") if line.conv is not None else line.text) + "}"
 
 
 def _tex_line(line) -> str:
     if isinstance(line, Text):
         return _tex_text(line)
-    inner = r" \\ ".join(r"\text{" + format_conv(c, r"$\times$") + "}" for c in line.convs)
+    inner = r" \\ ".join(r"\text{" + escape(format_conv(c, "x")) + "}" for c in line.convs)
     left, right = (r"\left[", r"\right]") if line.residual else (r"\left(", r"\right)")
-    options = "".join(r",\ \text{" + tex_escape(o) + "}" for o in line.options)
+    options = "".join(r",\ \text{" + escape(o) + "}" for o in line.options)
     return f"{left}\\begin{{array}}{{l}} {inner} \\end{{array}}{right}\\times {line.repeat}{options}"
 
 
@@ -302,80 +293,48 @@ def tex_cell(lines) -> str:
     return r"$\begin{array}{c} " + r" \\ \noalign{\vskip 3pt} ".join(parts) + r" \end{array}$"
 
 
-def _tex_caption(specs: list[Spec]) -> str:
-    names = ", ".join(f"{tex_escape(s.title)} (\\texttt{{{tex_escape(s.name)}}})" if s.title
-                      else f"\\texttt{{{tex_escape(s.name)}}}" for s in specs)
-    sizes = [f"{s.input_size[0]}$\\times${s.input_size[1]}" for s in specs]
+def _tex_caption(specs: list[Spec]) -> TeX:
+    names = ", ".join(f"{escape(s.title)} (\\texttt{{{escape(s.name)}}})" if s.title
+                      else f"\\texttt{{{escape(s.name)}}}" for s in specs)
+    sizes = [f"{s.input_size[0]}x{s.input_size[1]}" for s in specs]
     inputs = (f"input {sizes[0]}" if len(set(sizes)) == 1 else
-              "inputs " + ", ".join(f"{tex_escape(s.title or s.name)} {z}" for s, z in zip(specs, sizes)))
-    return (f"Architectures of {names}; {inputs}. Output sizes are height$\\times$width. A bracket is one "
-            r"residual block (2 convs: basic, 3: bottleneck), each conv written `kernel, output channels[, groups]"
-            r"[, stride]' and followed by batch norm; ReLU follows every conv but a block's last and the residual "
-            r"addition; the shortcut is a "
-            r"1$\times$1 conv + BN projection where channels or size change. $\times N$ repeats a block, and a "
-            r"stride acts in the first block of its line only; a stage's first block, when it differs, has its "
-            r"own line. `bilinear to $H\times W$': bilinear interpolation at the stage's start. Params: all "
-            r"weights, batch norm and the fc bias included. MACs: multiply-accumulates of conv and fc layers per "
-            r"image, forward pass (G${}=10^9$; FLOPs${}=2\times{}$MACs); batch norm, ReLU, pooling, additions and "
-            r"interpolation not counted." + (" " if _option_notes(specs) else "") + re.sub(r"(\d+)x(\d+)|R x ", lambda m: f"{m.group(1)}$\\times${m.group(2)}"
-                                                    if m.group(1) else r"R$\times$", tex_escape(_option_notes(specs))))
-
-
-# Rough extent of the typeset table (\small, Computer Modern), to choose the standalone page.
-_CHAR_PT, _LINE_PT, _COLSEP_PT, _MARGIN_PT = 4.7, 11.0, 12.0, 43.0  # margin: 1.5cm
-_PAPERS = [(f"{name}paper", landscape, w, h) for name, (w, h) in
-           (("a4", (595, 842)), ("a3", (842, 1191)), ("a2", (1191, 1684)), ("a1", (1684, 2384)),
-            ("a0", (2384, 3370)))
-           for landscape in (False, True)]
+              "inputs " + ", ".join(f"{s.title or s.name} {z}" for s, z in zip(specs, sizes)))
+    return TeX(f"Architectures of {names}; {escape(inputs)}. " + escape(_conventions(specs, "x")))
 
 
 def _tex_line_extent(line) -> tuple[float, float]:
     if isinstance(line, Text):
-        return len(line.text) * _CHAR_PT, _LINE_PT
-    width = max(len(format_conv(c, "x")) for c in line.convs) * _CHAR_PT + 30 + \
-        sum(len(o) + 2 for o in line.options) * _CHAR_PT
-    return width, len(line.convs) * _LINE_PT + 4
+        return text_width(line.text), LINE_PT
+    width = max(text_width(format_conv(c, "x")) for c in line.convs) + 30 + \
+        sum(text_width(", " + o) for o in line.options)
+    return width, len(line.convs) * LINE_PT + 4
 
 
 def _tex_cell_extent(lines) -> tuple[float, float]:
     if lines is None:
-        return 10.0, _LINE_PT
+        return 10.0, LINE_PT
     extents = [_tex_line_extent(x) for x in lines]
     return max(w for w, _ in extents), sum(h for _, h in extents) + 4 * (len(extents) - 1)
 
 
 def tex_extent(rows: list[str], columns: list[_Column], shared: bool) -> tuple[float, float]:
-    """Estimated (width, height) in pt of the tabular: enough to pick a paper size."""
+    """Estimated (width, height) in pt of the tabular, for latex.py's fit rule."""
     size_width = 50.0
-    widths = [max([len(r) * _CHAR_PT for r in rows + ["MACs (conv+fc)"]])]
+    widths = [max(text_width(r) for r in rows + ["MACs (conv+fc)"])]
     if shared:
         widths.append(size_width)
-    heights = {row: _LINE_PT for row in rows + ["head"]}
+    heights = {row: LINE_PT for row in rows + ["head"]}
     for c in columns:
         if not shared:
             widths.append(size_width)
-        cell_w = len(c.label) * _CHAR_PT * (0.5 if not shared else 1.0)
+        cell_w = text_width(c.label) * (0.5 if not shared else 1.0)
         for row in rows + ["head"]:
             w, h = _tex_cell_extent(c.cells[row])
             cell_w = max(cell_w, w)
             heights[row] = max(heights[row], h)
         widths.append(max(cell_w, 70.0 if not shared else 0.0))
-    width = sum(widths) + _COLSEP_PT * len(widths)
-    height = sum(h + 4 for h in heights.values()) + (2 if shared else 3) * _LINE_PT + 2 * _LINE_PT + 20
-    return width, height
-
-
-def _tex_paper(rows: list[str], columns: list[_Column], shared: bool, caption_chars: int) -> str:
-    """The smallest A-series page (portrait first) the table and its caption fit on."""
-    width, height = tex_extent(rows, columns, shared)
-    for paper, landscape, w, h in _PAPERS:
-        if landscape:
-            w, h = h, w
-        text_w, text_h = w - 2 * _MARGIN_PT, h - 2 * _MARGIN_PT
-        caption_h = (caption_chars * _CHAR_PT / text_w + 1) * _LINE_PT
-        if width <= text_w and height + caption_h <= text_h:  # the estimates err on the large side
-            return paper + (",landscape" if landscape else "")
-    return "a0paper,landscape"
+    height = sum(h + 4 for h in heights.values()) + (2 if shared else 3) * LINE_PT + 2 * LINE_PT + 20
+    return 1.05 * tabular_width(widths), height  # math (brackets, \times) runs wider than text
 
 
 def _tex_label(specs: list[Spec]) -> str:
@@ -384,32 +343,20 @@ def _tex_label(specs: list[Spec]) -> str:
 
 def _render_tex(specs: list[Spec], rows: list[str], columns: list[_Column], standalone: bool) -> str:
     shared = _shared_sizes(columns, rows)
-    out = []
-    command = " ".join(" ".join(s.name.split()) for s in specs)
-    out.append(f"% Architecture table generated by: archspec table {command} --format tex")
-    if not standalone:
-        out.append(r"% A fragment for \input: the preamble needs \usepackage{booktabs} and \usepackage{amsmath}.")
-    out.append(r"\begin{table}[htbp]")
-    out.append(r"\centering")
-    out.append(r"\small")
-    out.append(r"\caption{" + _tex_caption(specs) + "}")
-    out.append(r"\label{" + _tex_label(specs) + "}")
     n = len(columns)
     if shared:
-        out.append(r"\begin{tabular}{l c " + " ".join("c" * n) + "}")
-        out.append(r"\toprule")
-        out.append("stage & output size & " + " & ".join(tex_escape(c.label) for c in columns) + r" \\")
+        out = [r"\begin{tabular}{l c " + " ".join("c" * n) + "}", r"\toprule",
+               "stage & output size & " + " & ".join(escape(c.label) for c in columns) + r" \\"]
     else:
-        out.append(r"\begin{tabular}{l " + " ".join("cc" for _ in columns) + "}")
-        out.append(r"\toprule")
-        out.append(" & " + " & ".join(rf"\multicolumn{{2}}{{c}}{{{tex_escape(c.label)}}}" for c in columns) + r" \\")
-        out.append("".join(rf"\cmidrule(lr){{{2 + 2 * i}-{3 + 2 * i}}}" for i in range(n)))
-        out.append("stage & " + " & ".join("output size & block structure" for _ in columns) + r" \\")
+        out = [r"\begin{tabular}{l " + " ".join("cc" for _ in columns) + "}", r"\toprule",
+               " & " + " & ".join(rf"\multicolumn{{2}}{{c}}{{{escape(c.label)}}}" for c in columns) + r" \\",
+               "".join(rf"\cmidrule(lr){{{2 + 2 * i}-{3 + 2 * i}}}" for i in range(n)),
+               "stage & " + " & ".join("output size & block structure" for _ in columns) + r" \\"]
     out.append(r"\midrule")
     for row in rows + ["head"]:
         if row == "head":
             out.append(r"\midrule")
-        cells = [tex_escape(row)]
+        cells = [escape(row)]
         if shared:
             size = next(c.sizes[row] for c in columns if c.sizes[row] is not None)
             cells += [_tex_size(size)] + [tex_cell(c.cells[row]) for c in columns]
@@ -425,15 +372,11 @@ def _render_tex(specs: list[Spec], rows: list[str], columns: list[_Column], stan
             out.append(f"{label} & & " + " & ".join(values) + r" \\")
         else:
             out.append(f"{label} & " + " & ".join(rf"\multicolumn{{2}}{{c}}{{{v}}}" for v in values) + r" \\")
-    out.append(r"\bottomrule")
-    out.append(r"\end{tabular}")
-    out.append(r"\end{table}")
-    if not standalone:
-        return "\n".join(out) + "\n"
-    paper = _tex_paper(rows, columns, shared, len(_tex_caption(specs)))
-    preamble = ["\\documentclass{article}", f"\\usepackage[{paper},margin=1.5cm]{{geometry}}",
-                "\\usepackage{booktabs}", "\\usepackage{amsmath}", "\\pagestyle{empty}", "\\begin{document}"]
-    return "\n".join(out[:1] + preamble + out[1:] + ["\\end{document}"]) + "\n"
+    out += [r"\bottomrule", r"\end{tabular}"]
+    command = " ".join(" ".join(s.name.split()) for s in specs)
+    fragment = table_float("\n".join(out), _tex_caption(specs), _tex_label(specs), *tex_extent(rows, columns, shared),
+                           comments=(f"Architecture table generated by: archspec table {command} --format tex",))
+    return document(fragment) if standalone else fragment
 
 
 # -- entry point --------------------------------------------------------------------------------
@@ -441,8 +384,8 @@ def _render_tex(specs: list[Spec], rows: list[str], columns: list[_Column], stan
 def render_arch_table(specs: list[Spec], fmt: str, standalone: bool = False) -> str:
     """The architecture table of ``specs`` side by side, as ``fmt`` ('md' or 'tex').
 
-    ``standalone`` (tex only) gives a complete compilable document; by default the LaTeX is a
-    ``table`` fragment for ``\\input`` that needs booktabs and amsmath. Markdown ignores it.
+    ``standalone`` (tex only): a complete A4 document (latex.document); by default a ``table``
+    fragment for ``\\input``, its comments naming the packages it needs. Markdown ignores it.
     """
     if fmt not in FORMATS:
         raise UserError(f"unknown table format '{fmt}' (hint: use one of: {', '.join(FORMATS)})")
