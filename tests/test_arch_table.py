@@ -78,7 +78,7 @@ PRESNET_CELLS = {
                     "<br>[1x1, 1024, 128 grps · 3x3, 1024, 128 grps · 1x1, 4096, 128 grps] ×2"),
     "head": ("1x1", "global average pool, 4096-d<br>1000-d fc"),
     "params": ("", "25,029,592"),
-    "MACs (conv+fc)": ("", "3.76 G"),
+    "FLOPs (conv, fc)": ("", "7.51 G"),
 }
 RESNET_CELLS = {
     "conv1": ("112x112", "7x7, 64, stride 2"),
@@ -90,7 +90,7 @@ RESNET_CELLS = {
     "res7": ("-", "-"),
     "head": ("1x1", "global average pool, 2048-d<br>1000-d fc"),
     "params": ("", "25,557,032"),
-    "MACs (conv+fc)": ("", "4.09 G"),
+    "FLOPs (conv, fc)": ("", "8.18 G"),
 }
 
 
@@ -98,7 +98,7 @@ def test_md_presnet50_resnet50_cells(md):
     header, body = parse_md_table(md)
     assert header == ["stage", "Progressive ResNet-50 output size", "Progressive ResNet-50",
                       "ResNet-50 output size", "ResNet-50"]
-    assert [r[0] for r in body] == PRESNET_STAGES + ["head", "params", "MACs (conv+fc)"]
+    assert [r[0] for r in body] == PRESNET_STAGES + ["head", "params", "FLOPs (conv, fc)"]
     for row in body:
         assert (row[1], row[2]) == PRESNET_CELLS[row[0]], row[0]
         assert (row[3], row[4]) == RESNET_CELLS[row[0]], row[0]
@@ -108,8 +108,8 @@ def test_md_caption_states_conventions(md):
     caption = md.split("\n\n")[0]
     assert "\n" not in caption.strip()
     for phrase in ["Progressive ResNet-50 (presnet50)", "ResNet-50 (resnet50)", "input 224x224",
-                   "A bracket is one residual block", "multiply-accumulates of conv and fc layers per image",
-                   "FLOPs = 2 x MACs", "bilinear"]:
+                   "A bracket is one residual block", "Conventions: FLOPs = 2 x MACs of conv, fc, forward, per image.",
+                   "bilinear"]:
         assert phrase in caption
 
 
@@ -275,14 +275,14 @@ def test_tex_fragment_structure(tex):
     assert r"\documentclass" not in tex and r"\begin{document}" not in tex
     assert tex.count(r"\begin{table}") == 1 and r"\caption{" in tex and r"\label{tab:arch-presnet50-resnet50}" in tex
     caption = re.search(r"\\caption\{(.*)\}\n", tex).group(1)
-    assert "multiply-accumulates of conv and fc layers per image" in caption and r"FLOPs = 2 $\times$ MACs" in caption
-    assert r"input 224$\times$224" in caption and r"(G = $10^{9}$;" in caption and r"`kernel, output channels" in caption
+    assert r"Conventions: FLOPs = 2 $\times$ MACs of conv, fc, forward, per image." in caption
+    assert r"input 224$\times$224" in caption and r"G = $10^{9}$;" in caption and r"`kernel, output channels" in caption
     assert r"\multicolumn{2}{c}{Progressive ResNet-50}" in tex and r"\cmidrule(lr){2-3}\cmidrule(lr){4-5}" in tex
 
 
 def test_tex_rows_and_notation(tex):
     rows = {line.split(" & ")[0]: line for line in tex.splitlines() if " & " in line}
-    for stage in PRESNET_STAGES + ["head", "params", "MACs (conv+fc)"]:
+    for stage in PRESNET_STAGES + ["head", "params", "FLOPs (conv, fc)"]:
         assert stage in rows, stage
     t = r"$\times$"
     assert rows["conv1"] == (rf"conv1 & $112\times 112$ & $\text{{7{t}7, 32, stride 2}}$ & $112\times 112$ & "
@@ -300,7 +300,7 @@ def test_tex_rows_and_notation(tex):
     assert rf"\text{{3{t}3, 128, stride 2}}" in rows["res3"] and r"\right]\times 4" in rows["res3"]
     assert r"\text{global average pool, 4096-d} \\ \noalign{\vskip 3pt} \text{1000-d fc}" in rows["head"]
     assert rows["params"] == r"params & \multicolumn{2}{c}{25,029,592} & \multicolumn{2}{c}{25,557,032} \\"
-    assert rows["MACs (conv+fc)"] == r"MACs (conv+fc) & \multicolumn{2}{c}{3.76\,G} & \multicolumn{2}{c}{4.09\,G} \\"
+    assert rows["FLOPs (conv, fc)"] == r"FLOPs (conv, fc) & \multicolumn{2}{c}{7.51\,G} & \multicolumn{2}{c}{8.18\,G} \\"
 
 
 def test_tex_standalone_document(pair):

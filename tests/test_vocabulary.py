@@ -94,10 +94,12 @@ def _option(command: str, name: str):
     return next(p for p in main.commands[command].params if p.name == name)
 
 
-@pytest.mark.parametrize("command", ["profile", "compare", "balance", "split", "report", "design"])
+@pytest.mark.parametrize("command", ["profile", "compare", "balance", "split", "report", "design", "table"])
 def test_every_command_takes_the_same_ops_with_the_same_default(command):
     assert DEFAULT_OPS == ("conv", "fc") and DEFAULT_MEASURE == "saved"
     assert _option(command, "ops").default == "conv,fc"
+    if command == "table":  # no memory column
+        return
     measure = _option(command, "measure")
     if command == "design":  # the closed-form evaluator's one measure (docs/profile.md says why)
         assert measure.default == "block_outputs" and list(measure.type.choices) == ["block_outputs"]
@@ -122,7 +124,11 @@ def test_the_same_stage_shows_the_same_number_in_every_command():
     split = run("split", "presnet50", "--stages", "6")
     own = next(line for line in split.splitlines() if line.startswith("│ spec's own"))
     assert gflops in own.split("│")[6]  # s3 of the spec's own split is res4
+    table = run("table", "presnet50")
+    assert "| FLOPs (conv, fc) |  | 7.51 G |" in table
+    assert "| FLOPs (conv, fc, bn, pool) |  | 7.53 G |" in run("table", "presnet50", "--ops", "conv,fc,bn,pool")
     conventions = "Conventions: FLOPs = 2 x MACs of conv, fc, forward, per image"
+    assert conventions in table
     for text in (split, run("profile", "presnet50", columns=200), run("balance", "presnet50"),
                  run("compare", "presnet50", "resnet50"), run("design", "--stages", "4", "--time-limit", "1",
                                                               "--no-progress")):

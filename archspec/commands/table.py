@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from archspec.commands.common import emit
+from archspec.commands.common import emit, ops_option
 from archspec.errors import UserError
 
 
@@ -14,9 +14,11 @@ from archspec.errors import UserError
 @click.option("--standalone", is_flag=True,
               help="LaTeX: a complete compilable document instead of a fragment for \\input.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to FILE (atomically).")
-def table(specs, fmt, standalone, output):
+@ops_option()
+def table(specs, fmt, standalone, output, ops):
     """The architecture table of one or more specs, side by side: per stage the output size and
-    the block structure in bracket notation, then the head, parameters and conv+fc MACs.
+    the block structure in bracket notation, then the head, parameters and FLOPs (2 x MACs of
+    --ops, default conv, fc).
 
     Example: archspec table presnet50 resnet50 --format tex -o table1.tex
     """
@@ -26,7 +28,7 @@ def table(specs, fmt, standalone, output):
     from archspec.spec import load_spec
 
     loaded = [load_spec(s) for s in specs]
-    emit(render_arch_table(loaded, fmt, standalone=standalone), output)
+    emit(render_arch_table(loaded, fmt, standalone=standalone, ops=ops), output)
 
 
 COMMANDS = [table]

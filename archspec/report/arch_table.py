@@ -2,7 +2,8 @@
 from specs, the models side by side, as GitHub markdown or LaTeX (booktabs).
 
 One row per stage name (the union of the specs' stage names, in order; a model without that
-stage shows a dash), then the head, the parameter count and the conv+fc MACs per image.
+stage shows a dash), then the head, the parameter count and the FLOPs per image (2 x MACs of
+the op classes ``ops``, default conv, fc: archspec.vocabulary).
 Output sizes share one column when every model agrees on every row, otherwise each model has its
 own output-size column beside its block structure.
 
@@ -27,8 +28,10 @@ from dataclasses import dataclass
 
 from archspec.errors import UserError
 from archspec.report.latex import LINE_PT, TeX, document, escape, table_float, tabular_width, text_width
+from archspec.profiling.analytic import OP_CLASSES
 from archspec.spec.notation import block_options, format_conv
 from archspec.spec.schema import POOL_DOWNSAMPLES, Conv, Spec
+from archspec.vocabulary import DEFAULT_OPS, conventions_line
 
 FORMATS = ("md", "tex")
 MISSING = {"md": "-", "tex": "--"}
@@ -117,10 +120,14 @@ class _Column:
     cells: dict  # row key -> list of lines, or None (stage missing)
     sizes: dict  # row key -> (h, w) or None
     params: int
-    macs: int
+    flops: int  # forward FLOPs per image (2 x MACs) of the table's op classes
 
 
-def _columns(specs: list[Spec], rows: list[str]) -> list[_Column]:
+def flops_label(ops) -> str:
+    return f"FLOPs ({', '.join(ops)})"
+
+
+def _columns(specs: list[Spec], rows: list[str], ops=DEFAULT_OPS) -> list[_Column]:
     from archspec.profiling.analytic import stage_counts
 
     labels = [s.title or s.name for s in specs]
@@ -138,7 +145,7 @@ def _columns(specs: list[Spec], rows: list[str]) -> list[_Column]:
         counts = stage_counts(spec)
         columns.append(_Column(spec, label, cells, sizes,
                                params=sum(c.params for c in counts.values()),
-                               macs=sum(c.macs["conv"] + c.macs["fc"] for c in counts.values())))
+                               flops=2 * sum(c.macs[o] for c in counts.values() for o in ops)))
     return columns
 
 
@@ -158,7 +165,7 @@ def _input_sizes(specs: list[Spec]) -> str:
     return "inputs " + ", ".join(f"{md_escape(s.title or s.name)} {size}" for s, size in zip(specs, sizes))
 
 
-def _conventions(specs: list[Spec], times: str) -> str:
+def _conventions(specs: list[Spec], times: str, ops=DEFAULT_OPS) -> str:
     """The conventions in plain words, after the models and input sizes (both formats)."""
     return ("Output sizes are height x width. "
             f"A bracket is one residual block (2 convs: basic, 3: bottleneck), each conv 'kernel, output "
@@ -166,16 +173,16 @@ def _conventions(specs: list[Spec], times: str) -> str:
             f"and the residual addition; the shortcut is a 1x1 conv + BN projection where channels or size change. "
             f"{times}N repeats a block, and a stride acts in the first block of its line only; a stage's first "
             f"block, when it differs, has its own line. 'bilinear to HxW': bilinear interpolation at the stage's "
-            f"start. Params: all weights, batch norm and the fc bias included. MACs: multiply-accumulates of "
-            f"conv and fc layers per image, forward pass (G = 10^9; FLOPs = 2 x MACs); batch norm, ReLU, "
-            f"pooling, additions and interpolation not counted." + _option_notes(specs))
+            f"start. Params: all weights, batch norm and the fc bias included. {conventions_line(ops)} "
+            f"G = 10^9; op classes not listed (of {', '.join(OP_CLASSES)}) are not counted."
+            + _option_notes(specs))
 
 
-def caption_text(specs: list[Spec], times: str = "x") -> str:
+def caption_text(specs: list[Spec], times: str = "x", ops=DEFAULT_OPS) -> str:
     """The conventions, in words (the markdown caption; LaTeX escapes the same words)."""
     names = ", ".join(f"{md_escape(s.title)} ({md_escape(s.name)})" if s.title else md_escape(s.name)
                       for s in specs)
-    return f"Architectures of {names}; {_input_sizes(specs)}. " + _conventions(specs, times)
+    return f"Architectures of {names}; {_input_sizes(specs)}. " + _conventions(specs, times, ops)
 
 
 def _option_notes(specs: list[Spec]) -> str:
@@ -229,7 +236,7 @@ def md_cell(lines) -> str:
     return "<br>".join(_md_line(x) for x in lines)
 
 
-def _render_md(specs: list[Spec], rows: list[str], columns: list[_Column]) -> str:
+def _render_md(specs: list[Spec], rows: list[str], columns: list[_Column], ops=DEFAULT_OPS) -> str:
     shared = _shared_sizes(columns, rows)
     header = ["stage"]
     if shared:
@@ -249,7 +256,7 @@ def _render_md(specs: list[Spec], rows: list[str], columns: list[_Column]) -> st
                 cells += [f"{size[0]}x{size[1]}" if size else MISSING["md"], md_cell(c.cells[row])]
         body.append(cells)
     for label, values in (("params", [f"{c.params:,}" for c in columns]),
-                          ("MACs (conv+fc)", [f"{c.macs / 1e9:.2f} G" for c in columns])):
+                          (flops_label(ops), [f"{c.flops / 1e9:.2f} G" for c in columns])):
         cells = [label]
         if shared:
             cells += [""] + values
@@ -257,7 +264,7 @@ def _render_md(specs: list[Spec], rows: list[str], columns: list[_Column]) -> st
             for v in values:
                 cells += ["", v]
         body.append(cells)
-    lines = [f"{caption_text(specs, '×')}", ""]
+    lines = [f"{caption_text(specs, '×', ops)}", ""]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "---|" * len(header))
     lines.extend("| " + " | ".join(cells) + " |" for cells in body)
@@ -293,13 +300,13 @@ def tex_cell(lines) -> str:
     return r"$\begin{array}{c} " + r" \\ \noalign{\vskip 3pt} ".join(parts) + r" \end{array}$"
 
 
-def _tex_caption(specs: list[Spec]) -> TeX:
+def _tex_caption(specs: list[Spec], ops=DEFAULT_OPS) -> TeX:
     names = ", ".join(f"{escape(s.title)} (\\texttt{{{escape(s.name)}}})" if s.title
                       else f"\\texttt{{{escape(s.name)}}}" for s in specs)
     sizes = [f"{s.input_size[0]}x{s.input_size[1]}" for s in specs]
     inputs = (f"input {sizes[0]}" if len(set(sizes)) == 1 else
               "inputs " + ", ".join(f"{s.title or s.name} {z}" for s, z in zip(specs, sizes)))
-    return TeX(f"Architectures of {names}; {escape(inputs)}. " + escape(_conventions(specs, "x")))
+    return TeX(f"Architectures of {names}; {escape(inputs)}. " + escape(_conventions(specs, "x", ops)))
 
 
 def _tex_line_extent(line) -> tuple[float, float]:
@@ -320,7 +327,7 @@ def _tex_cell_extent(lines) -> tuple[float, float]:
 def tex_extent(rows: list[str], columns: list[_Column], shared: bool) -> tuple[float, float]:
     """Estimated (width, height) in pt of the tabular, for latex.py's fit rule."""
     size_width = 50.0
-    widths = [max(text_width(r) for r in rows + ["MACs (conv+fc)"])]
+    widths = [max(text_width(r) for r in rows + ["FLOPs (conv, fc, bn)"])]
     if shared:
         widths.append(size_width)
     heights = {row: LINE_PT for row in rows + ["head"]}
@@ -341,7 +348,8 @@ def _tex_label(specs: list[Spec]) -> str:
     return "tab:arch-" + "-".join(re.sub(r"[^A-Za-z0-9]+", "-", s.name).strip("-") or "spec" for s in specs)
 
 
-def _render_tex(specs: list[Spec], rows: list[str], columns: list[_Column], standalone: bool) -> str:
+def _render_tex(specs: list[Spec], rows: list[str], columns: list[_Column], standalone: bool,
+                ops=DEFAULT_OPS) -> str:
     shared = _shared_sizes(columns, rows)
     n = len(columns)
     if shared:
@@ -367,21 +375,22 @@ def _render_tex(specs: list[Spec], rows: list[str], columns: list[_Column], stan
         out.append(" & ".join(cells) + r" \\ \addlinespace")
     out.append(r"\midrule")
     for label, values in (("params", [f"{c.params:,}" for c in columns]),
-                          ("MACs (conv+fc)", [f"{c.macs / 1e9:.2f}\\,G" for c in columns])):
+                          (flops_label(ops), [f"{c.flops / 1e9:.2f}\\,G" for c in columns])):
+        label = escape(label)
         if shared:
             out.append(f"{label} & & " + " & ".join(values) + r" \\")
         else:
             out.append(f"{label} & " + " & ".join(rf"\multicolumn{{2}}{{c}}{{{v}}}" for v in values) + r" \\")
     out += [r"\bottomrule", r"\end{tabular}"]
     command = " ".join(" ".join(s.name.split()) for s in specs)
-    fragment = table_float("\n".join(out), _tex_caption(specs), _tex_label(specs), *tex_extent(rows, columns, shared),
+    fragment = table_float("\n".join(out), _tex_caption(specs, ops), _tex_label(specs), *tex_extent(rows, columns, shared),
                            comments=(f"Architecture table generated by: archspec table {command} --format tex",))
     return document(fragment) if standalone else fragment
 
 
 # -- entry point --------------------------------------------------------------------------------
 
-def render_arch_table(specs: list[Spec], fmt: str, standalone: bool = False) -> str:
+def render_arch_table(specs: list[Spec], fmt: str, standalone: bool = False, ops=DEFAULT_OPS) -> str:
     """The architecture table of ``specs`` side by side, as ``fmt`` ('md' or 'tex').
 
     ``standalone`` (tex only): a complete A4 document (latex.document); by default a ``table``
@@ -393,7 +402,7 @@ def render_arch_table(specs: list[Spec], fmt: str, standalone: bool = False) -> 
     if not specs:
         raise UserError("no spec given (hint: name at least one spec, e.g. presnet50)")
     rows = _merged_stage_names(specs)
-    columns = _columns(specs, rows)
+    columns = _columns(specs, rows, ops)
     if fmt == "md":
-        return _render_md(specs, rows, columns)
-    return _render_tex(specs, rows, columns, standalone)
+        return _render_md(specs, rows, columns, ops)
+    return _render_tex(specs, rows, columns, standalone, ops)

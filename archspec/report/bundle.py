@@ -54,7 +54,7 @@ def build_report(specs: list, out: Path, *, batch: int = 256, ops=DEFAULT_OPS, m
     for fmt in ("md", "csv", "json", "tex"):
         _write(out, f"compare.{fmt}", compare_mod.render(comparison, fmt, standalone), written)
     for fmt in ("md", "tex"):
-        _write(out, f"architecture.{fmt}", render_arch_table(specs, fmt, standalone=standalone and fmt == "tex"),
+        _write(out, f"architecture.{fmt}", render_arch_table(specs, fmt, standalone=standalone and fmt == "tex", ops=tuple(ops)),
                written)
     paper_views = [view for view in (table6(spec, TABLE6_OPS) for spec in specs) if "paper_memory" in view["rows"][0]]
     if paper_views:
