@@ -240,6 +240,19 @@ def _run_names(runs: list[Path]) -> list[str]:
     return names
 
 
+def _plot_labels(labels: str | None, runs: int) -> list[str] | None:
+    """``--labels a,b,c``: one distinct, non-empty name per RUN; None when not given."""
+    if labels is None:
+        return None
+    names = [name.strip() for name in labels.split(",")]
+    if len(names) != runs:
+        raise click.BadParameter(f"{len(names)} label(s) for {runs} run(s); give one per RUN, in order, "
+                                 f"separated by commas", param_hint="'--labels'")
+    if not all(names) or len(set(names)) < len(names):
+        raise click.BadParameter(f"{labels!r}: labels must be non-empty and differ", param_hint="'--labels'")
+    return names
+
+
 @click.command("plot")
 @click.argument("runs", nargs=-1, required=True, type=click.Path(file_okay=False))
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False),
@@ -248,38 +261,59 @@ def _run_names(runs: list[Path]) -> list[str]:
               help="t-SNE of each run's final representation on the test split, coloured by class.")
 @click.option("--tsne-samples", type=click.IntRange(min=10), default=2000, show_default=True,
               help="At most this many test images in each t-SNE (a seeded subset).")
-def plot(runs, out_dir, tsne, tsne_samples):
-    """Loss curves of every decoder of several RUNs in one figure, and t-SNE plots (PNG + PDF)."""
+@click.option("--labels", metavar="A,B,...",
+              help="Names of the RUNs in the loss legend and the t-SNE titles: one per RUN, in order, separated "
+                   "by commas (default: the run folders' names).")
+def plot(runs, out_dir, tsne, tsne_samples, labels):
+    """Loss curves of every decoder of several RUNs in one figure, and t-SNE plots (PNG + PDF),
+    each with its caption (the conventions) in STEM.caption.md next to it."""
     import torch
 
+    from archspec.io import write_text_atomic
     from archspec.train.data import build_dataset
     from archspec.train.evaluate import extract_features
-    from archspec.train.figures import plot_loss_curves, plot_tsne
+    from archspec.train.figures import loss_caption, plot_loss_curves, plot_tsne, tsne_caption
     from archspec.train.loop import load_run, read_log
 
     paths = [Path(r) for r in runs]
+    given = _plot_labels(labels, len(paths))
     for run in paths:
         if not (run / "log.jsonl").is_file():
             raise UserError(f"{run} is not a run directory: it has no log.jsonl (hint: give the --out of "
                             f"'archspec train')")
     names = _run_names(paths)
+    shown = given or names
     out = Path(out_dir) if out_dir else paths[0] / "figures"
     out.mkdir(parents=True, exist_ok=True)
-    written = list(plot_loss_curves({name: read_log(run) for name, run in zip(names, paths)}, out / "loss_curves"))
+
+    def caption(stem: Path, text: str) -> Path:
+        write_text_atomic(stem.with_name(stem.name + ".caption.md"), text + "\n")
+        return stem.with_name(stem.name + ".caption.md")
+
+    logs = {label: read_log(run) for label, run in zip(shown, paths)}
+    written = list(plot_loss_curves(logs, out / "loss_curves"))
+    sources = {label: str(run) for label, run in zip(shown, paths)} if given else None
+    written.append(caption(out / "loss_curves", loss_caption(logs, sources=sources)))
     if tsne:
-        for name, run in zip(names, paths):
+        for name, shown_as, run in zip(names, shown, paths):
             model, state = load_run(run)
             data = model.cfg.data.data_config(model.spec.input_size[0])
             test_set = build_dataset(data, "test")
+            split = "the test split"
             if len(test_set) > tsne_samples:
+                split = f"a seeded subset of the test split ({len(test_set)} images)"
                 keep = torch.randperm(len(test_set), generator=torch.Generator().manual_seed(0))[:tsne_samples]
                 test_set = torch.utils.data.Subset(test_set, sorted(keep.tolist()))
                 test_set.classes = test_set.dataset.classes
             feats, labels = extract_features(model.net, test_set)
-            label = name if model.cfg.method in name else f"{name} ({model.cfg.method})"
-            title = f"{label}, step {state['step']}: final representation"
-            written += list(plot_tsne(feats, labels, out / f"tsne_{name.replace('/', '_')}",
-                                      classes=getattr(test_set, "classes", None), seed=0, title=title))
+            title = shown_as if given or model.cfg.method in name else f"{name} ({model.cfg.method})"
+            stem = out / f"tsne_{name.replace('/', '_')}"
+            classes = getattr(test_set, "classes", None)
+            written += list(plot_tsne(feats, labels, stem, classes=classes, seed=0, title=title))
+            subject = (f"the final representation (the globally average-pooled output of the last stage) of "
+                       f"{shown_as} (a {model.cfg.method} run, {run}) at step {state['step']} on {split}")
+            written.append(caption(stem, tsne_caption(len(feats), feats[0].numel(), subject, seed=0,
+                                                      classes=len(classes) if classes else None)))
     for path in written:
         click.echo(f"wrote {path}")
 
