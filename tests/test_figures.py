@@ -169,7 +169,7 @@ def test_share_conventions_are_in_the_caption_not_the_figure(docs):
     assert not [w for w in CONVENTION_WORDS if w in inside], inside
     assert "Progressive ResNet-50" in inside and "equal share 100/N" in inside  # the legend stays
     caption = shares_caption(docs)
-    for needle in ("2 x MACs of conv, fc, bn, pool", docs[0]["conventions"]["memory"],
+    for needle in ("2 x MACs of conv, fc", docs[0]["conventions"]["memory"],
                    docs[0]["conventions"]["local_stages"], "hatched and outlined in red", "100/N",
                    "15:20% for Progressive ResNet-50", "22.5:30% for ResNet-50", "input 224x224, float32",
                    "Progressive ResNet-50, ResNet-50"):

@@ -96,11 +96,16 @@ def compare(specs, batch, size, dtype, ops, measure, fmt, output, standalone, pl
 
 
 def _plot(profiles, measure, band, stem):
+    """STEM.png and STEM.pdf, and their caption (every convention) in STEM.caption.md."""
+    from archspec.io import write_text_atomic
     from archspec.report.balance import balance_from_profile
-    from archspec.report.plots import plot_shares
+    from archspec.report.plots import plot_shares, shares_caption
 
-    paths = plot_shares([balance_from_profile(p, band, measure) for p in profiles], stem)
-    click.echo("wrote " + ", ".join(str(p) for p in paths), err=True)
+    docs = [balance_from_profile(p, band, measure) for p in profiles]
+    paths = plot_shares(docs, stem)
+    caption = Path(str(stem) + ".caption.md")
+    write_text_atomic(caption, shares_caption(docs) + "\n")
+    click.echo("wrote " + ", ".join(str(p) for p in [*paths, caption]), err=True)
 
 
 @click.command()

@@ -29,7 +29,7 @@ def build_report(specs: list, out: Path, *, batch: int = 256, ops=DEFAULT_OPS, m
     from archspec.report import compare as compare_mod
     from archspec.report import profile_tables
     from archspec.report.arch_table import render_arch_table
-    from archspec.report.plots import plot_shares
+    from archspec.report.plots import plot_shares, shares_caption
 
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
@@ -62,7 +62,8 @@ def build_report(specs: list, out: Path, *, batch: int = 256, ops=DEFAULT_OPS, m
     tick("plotting")
     written += [p.name for p in plot_shares(balances, out / "shares")]
     label = out_label or str(out)
-    _write(out, "index.md", index_markdown(specs, profiles, balances, paper_views, written, label), written)
+    _write(out, "index.md", index_markdown(specs, profiles, balances, paper_views, written, label,
+                                           shares_caption(balances)), written)
     return written
 
 
@@ -151,7 +152,7 @@ def _side_by_side(specs, balances: dict) -> list[str]:
     return out
 
 
-def index_markdown(specs, profiles, balances, paper_views, files, out_label: str) -> str:
+def index_markdown(specs, profiles, balances, paper_views, files, out_label: str, plot_caption: str = "") -> str:
     main, others = specs[0], specs[1:]
     title = lambda s: s.title or s.name  # noqa: E731
     b = {d["spec"]: d for d in balances}
@@ -216,6 +217,8 @@ def index_markdown(specs, profiles, balances, paper_views, files, out_label: str
                      f"({_pct(small_m['memory_share'])}).")
     lines += ["", "The balance of every local stage, band shaded, stages outside it hatched in red:", "",
               "![shares of FLOPs, memory and parameters per local stage](shares.png)", ""]
+    if plot_caption:
+        lines += [f"*{plot_caption}*", ""]
     if paper_views:
         lines += ["## Against the paper's Table 6", "",
                   "`table6.md` recomputes the LoCo paper's Table 6 (shares per local stage) in the paper's conventions "
