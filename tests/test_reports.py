@@ -247,3 +247,12 @@ def test_every_report_works_on_random_valid_specs(spec, tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
     written = build_report([spec], out, batch=4)
     assert "shares.png" in written and (out / "index.md").read_text().startswith("# ")
+
+
+def test_plot_writes_its_caption_beside_the_figure(tmp_path):
+    stem = tmp_path / "shares"
+    result = CliRunner().invoke(main, ["balance", "resnet18", "--batch", "2", "--plot", str(stem)])
+    assert result.exit_code == 0, result.output
+    caption = (tmp_path / "shares.caption.md").read_text()
+    assert "2 x MACs of conv, fc" in caption and "saved" in caption
+    assert (tmp_path / "shares.png").is_file() and (tmp_path / "shares.pdf").is_file()
