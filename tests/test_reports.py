@@ -254,5 +254,5 @@ def test_plot_writes_its_caption_beside_the_figure(tmp_path):
     result = CliRunner().invoke(main, ["balance", "resnet18", "--batch", "2", "--plot", str(stem)])
     assert result.exit_code == 0, result.output
     caption = (tmp_path / "shares.caption.md").read_text()
-    assert "2 x MACs of conv, fc" in caption and "saved" in caption
+    assert "2 x MACs of conv, fc" in caption and "bytes autograd saves for backward" in caption
     assert (tmp_path / "shares.png").is_file() and (tmp_path / "shares.pdf").is_file()
