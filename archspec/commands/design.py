@@ -27,7 +27,7 @@ DEFAULT_PARAMS = "30M"
               help="Memory measure balanced: block_outputs only (closed form, thousands of candidates a second; "
                    "check a design's 'saved' shares with archspec balance).")
 @click.option("--top", type=click.IntRange(min=1), default=3, show_default=True, metavar="K", help="Print the K best designs.")
-@click.option("--seed", type=int, default=0, show_default=True, metavar="S", help="Random seed (same seed, same designs).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, metavar="S", help="Random seed (same seed, same designs).")
 @click.option("--time-limit", type=click.FloatRange(min=0, min_open=True), default=60.0, show_default=True,
               metavar="SEC", help="Stop searching after SEC seconds.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the best design as a spec (YAML).")
@@ -43,10 +43,11 @@ def design(n_stages, band, budget_flops, budget_params, ops, measure, top, seed,
     from archspec.design import search as D
 
     band_text = band
-    band = D.parse_band(band) if band is not None else D.default_band(n_stages)
+    band = D.parse_band(band) if band is not None else None
+    D.check_request(n_stages, band)  # before default_band, which divides by the stage count
+    band = band or D.default_band(n_stages)
     flops = D.parse_count(budget_flops, "--budget-flops")
     params = D.parse_count(budget_params, "--budget-params")
-    D.check_request(n_stages, band)
     if progress is None:
         progress = sys.stderr.isatty()
     D.check_ops(ops)

@@ -13,6 +13,7 @@ from archspec.errors import UserError
 from archspec.vocabulary import conventions_line, flops_prefix, format_bytes
 
 BY = ("flops", "memory", "params", "time", "mix")
+MAX_THREADS = 1024  # torch.set_num_threads takes a C int; more threads than this helps no CPU
 MEASURES = {
     "flops": "forward FLOPs per image (2 x MACs) of --ops",
     "memory": "training memory: activation bytes of --measure at --batch images (saved: exact, traced) "
@@ -84,7 +85,7 @@ def verdict(own, best, k: int, own_k: int, fmt, unit: str) -> str:
               help="Images per batch when timing blocks (--by time).")
 @click.option("--runs", type=click.IntRange(min=1), default=3, show_default=True,
               help="Timed rounds (median) for --by time.")
-@click.option("--threads", type=click.IntRange(min=1), help="Torch threads while timing (default: torch's).")
+@click.option("--threads", type=click.IntRange(1, MAX_THREADS), help="Torch threads while timing (default: torch's).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the split as a spec (YAML) to FILE.")
 @click.option("--links", callback=stages_option_callback, metavar="A,B,...",
               help="For a module:callable SPEC: the submodules that form the chain (default: its top-level children).")
@@ -115,11 +116,13 @@ def split(spec, stages, by, memory_cap, ops, measure, batch, optimizer, time_bat
 
     from archspec.design import chain as ch
     from archspec.design.split import Costs, SplitError, evaluate, optimal_split, uniform_cuts
+    from archspec.profiling.profiler import size_overflow_as_error
     from archspec.spec import load_spec
 
     loaded = load_spec(spec)
     chain = ch.build_chain(loaded)
     n = chain.n
+    image_shape = (loaded.input_channels, *loaded.input_size)
     if stages > n:
         raise UserError(f"{loaded.name} has {n} blocks in its chain, so it cannot be cut into {stages} stages "
                         f"(hint: use --stages 1..{n})")
@@ -129,12 +132,13 @@ def split(spec, stages, by, memory_cap, ops, measure, batch, optimizer, time_bat
     memory = None
     if by in ("memory", "mix") or cap is not None:
         if measure == "saved":
-            act = ch.saved_bytes(chain, batch)
+            with size_overflow_as_error(batch, image_shape, "--batch"):
+                act = ch.saved_bytes(chain, batch)
         else:  # analytic: elements per image x batch x 4 bytes (float32)
             act = [b.elems[measure] * batch * 4 for b in chain.blocks]
         memory = [a + s for a, s in zip(act, ch.state_bytes(chain, optimizer))]
     if by == "time":
-        values = ch.measure_time(chain, batch=time_batch, runs=runs, threads=threads)
+        values = _timed(chain, time_batch, runs, threads, image_shape)
     else:
         values = {"flops": flops, "params": params, "memory": memory}.get(by)
     costs = Costs.normalised(flops, memory) if by == "mix" else Costs(values)
@@ -237,6 +241,21 @@ def split(spec, stages, by, memory_cap, ops, measure, batch, optimizer, time_bat
 
 
 COMMANDS = [split]
+
+
+def _timed(chain, time_batch, runs, threads, image_shape):
+    """--by time on real tensors: a batch too large for this machine's memory (or for a tensor) in one line."""
+    from archspec.design import chain as ch
+    from archspec.profiling.profiler import size_overflow_as_error
+
+    with size_overflow_as_error(time_batch, image_shape, "--time-batch"):
+        try:
+            return ch.measure_time(chain, batch=time_batch, runs=runs, threads=threads)
+        except RuntimeError as err:
+            if "allocate" not in str(err) and "memory" not in str(err).lower():
+                raise
+            raise UserError(f"timing {time_batch} images of {'x'.join(map(str, image_shape))} needs more memory "
+                            f"than this machine has (hint: lower --time-batch)") from None
 
 
 def _split_module(ref, k, by, ops, measure, batch, optimizer, links, size, channels, refused):

@@ -101,13 +101,15 @@ def parse_band(text) -> tuple[float, float]:
     return lo, hi
 
 
-def check_request(n_stages: int, band: tuple[float, float]) -> None:
-    """One-line errors for a stage count or band no design can meet."""
+def check_request(n_stages: int, band: tuple[float, float] | None) -> None:
+    """One-line errors for a stage count or band no design can meet (band None: the stage count only)."""
     if n_stages < 2:
         raise UserError(f"--stages must be at least 2, got {n_stages} (hint: the band is about sharing "
                         f"the network between local stages)")
     if n_stages > MAX_STAGES:
         raise UserError(f"--stages must be at most {MAX_STAGES}, got {n_stages}")
+    if band is None:
+        return
     lo, hi = band
     if lo * n_stages > 100 or hi * n_stages < 100:
         raise UserError(f"band {lo:g}:{hi:g} is impossible for {n_stages} stages: the {n_stages} shares add up "

@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from archspec.errors import UserError
-from archspec.profiling.profiler import DEFAULT_OPS, DTYPES, Profile, StageProfile, check_settings
+from archspec.profiling.profiler import (DEFAULT_OPS, DTYPES, Profile, StageProfile, check_settings, is_size_overflow,
+                                        size_overflow_as_error, size_overflow_error)
 from archspec.profiling.traced import UNATTRIBUTED, trace
 
 
@@ -86,6 +87,9 @@ def resolve_stages(model: nn.Module, stages=None) -> "OrderedDict[str, nn.Module
     return out
 
 
+_KNOBS = "the batch, the input size or the channels"
+
+
 def _stand_in(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """A meta tensor shaped like ``t`` (floating ones in the profile's dtype)."""
     out = torch.empty(t.shape, device="meta", dtype=dtype if t.is_floating_point() else t.dtype)
@@ -116,7 +120,8 @@ def profile_module(model: nn.Module, input_size, *, stages=None, batch: int = 1,
     stand_ins = {n: _stand_in(p, torch_dtype) for n, p in model.named_parameters()}
     stand_ins.update({n: _stand_in(b, torch_dtype) for n, b in model.named_buffers()})
     modes = {m: m.training for m in model.modules()}
-    x = torch.empty(batch, *shape, device="meta", dtype=torch_dtype)
+    with size_overflow_as_error(batch, shape, _KNOBS):
+        x = torch.empty(batch, *shape, device="meta", dtype=torch_dtype)
 
     def run(module, example):
         out = _first_tensor(torch.func.functional_call(module, stand_ins, (example,)))
@@ -130,6 +135,8 @@ def profile_module(model: nn.Module, input_size, *, stages=None, batch: int = 1,
     except UserError:
         raise
     except Exception as exc:  # the user's forward on this input: one line, not a traceback
+        if is_size_overflow(exc):
+            raise size_overflow_error(batch, shape, _KNOBS) from None
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise UserError(f"{type(model).__name__} fails on an input of shape {(batch, *shape)}: {first} "
                         "(hint: check input_size / --size and the channels the model expects)") from None

@@ -3,6 +3,7 @@ peak training memory. ``profile(spec, ...)`` returns a Profile; ``Profile.to_dic
 documented JSON document (schema ``archspec.profile/1``, docs/profile.md)."""
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import torch
@@ -209,6 +210,31 @@ def check_settings(batch: int, dtype: str, optimizer: str, ops) -> None:
         raise UserError(f"unknown op class {unknown[0]!r} (hint: use some of {', '.join(OP_CLASSES)} or 'all')")
 
 
+def is_size_overflow(exc: BaseException) -> bool:
+    """PyTorch refusing a shape whose element count (or one dimension) exceeds a 64-bit integer."""
+    return isinstance(exc, (RuntimeError, TypeError, ValueError)) and "overflow" in str(exc).lower()
+
+
+SIZE_KNOBS = "the batch or the input size"
+
+
+def size_overflow_error(batch: int, image_shape, knobs: str = SIZE_KNOBS) -> UserError:
+    shape = "x".join(str(d) for d in image_shape)
+    return UserError(f"batch {batch} of {shape} images makes tensors with more elements than a 64-bit size holds "
+                     f"(hint: lower {knobs})")
+
+
+@contextlib.contextmanager
+def size_overflow_as_error(batch: int, image_shape, knobs: str = SIZE_KNOBS):
+    """A batch or size too large for PyTorch's tensors (even on meta) as one line, not a traceback."""
+    try:
+        yield
+    except Exception as exc:
+        if not is_size_overflow(exc):
+            raise
+        raise size_overflow_error(batch, image_shape, knobs) from None
+
+
 def _meta_net(spec: Spec, dtype: torch.dtype) -> StagedNet:
     with torch.device("meta"):
         return StagedNet(spec).to(dtype)
@@ -230,7 +256,9 @@ def profile(spec: Spec, *, batch: int = 256, size: tuple[int, int] | None = None
     torch_dtype = DTYPES[dtype]
     bpe = torch.empty(0, dtype=torch_dtype).element_size()
     net = _meta_net(spec, torch_dtype)
-    traced = _trace_net(net, batch, torch_dtype, backward=True)
+    image_shape = (spec.input_channels, *spec.input_size)
+    with size_overflow_as_error(batch, image_shape):
+        traced = _trace_net(net, batch, torch_dtype, backward=True)
     analytic = stage_counts(spec)
     rows = []
     for name, t in traced.items():
@@ -248,8 +276,9 @@ def profile(spec: Spec, *, batch: int = 256, size: tuple[int, int] | None = None
     if training:
         result.memory = {}
         for method in METHODS:  # the runner's step, run on meta tensors (archspec.profiling.step_memory)
-            peak = step_peak(spec, method, batch, torch_dtype, optimizer, decoder, weight_decay, exclude_bn_bias,
-                             net=net)
+            with size_overflow_as_error(batch, image_shape):  # (the step holds two views of every image)
+                peak = step_peak(spec, method, batch, torch_dtype, optimizer, decoder, weight_decay,
+                                 exclude_bn_bias, net=net)
             result.memory[method] = MemoryPlan(method, weights=peak.weights, gradients=peak.gradients,
                                                optimizer=peak.optimizer, decoders=peak.decoders,
                                                activations=peak.activations, peak_unit=peak.where)

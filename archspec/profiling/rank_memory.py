@@ -21,6 +21,7 @@ import torch
 
 from archspec.nn.decoders import DecoderConfig
 from archspec.profiling.memory import OPTIMIZER_STATES, local_stages
+from archspec.profiling.norm_checks import lenient_norms
 from archspec.profiling.step_memory import StepPeak, _direct_autograd, update_temporaries
 from archspec.profiling.tensor_memory import TensorMemory, held_bytes
 from archspec.spec.schema import Spec
@@ -129,7 +130,7 @@ def rank_peaks(spec: Spec, method: str, batch: int, dtype: torch.dtype = torch.f
         rank.reduce_gradients = lambda: None
         temporaries = update_temporaries(optimizer, param_groups(own, weight_decay, exclude_bn_bias), bpe)
         x_shape = (2 * batch, *io_shapes[0][0])
-        with _no_network(), _direct_autograd(), tracker:
+        with lenient_norms(), _no_network(), _direct_autograd(), tracker:
             # rank 0 reads the batch and makes both views (one tensor); the batch stays referenced
             images = torch.empty((batch, *io_shapes[0][0]), device="meta", dtype=dtype) if k == 0 else None
             if schedule == "sync":

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from archspec.errors import UserError
+from archspec.io import make_dir
 from archspec.vocabulary import DEFAULT_MEASURE, DEFAULT_OPS, TABLE6_OPS, conventions_line
 
 COMMAND = "archspec report {spec} --against {against} -o {out}"
@@ -34,7 +35,7 @@ def build_report(specs: list, out: Path, *, batch: int = 256, ops=DEFAULT_OPS, m
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         raise UserError(f"specs must differ, got {', '.join(names)} (hint: give each spec once)")
-    out.mkdir(parents=True, exist_ok=True)
+    make_dir(out)
     written: list[str] = []
     tick = progress or (lambda what: None)
 

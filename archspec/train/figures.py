@@ -35,7 +35,9 @@ def _save(fig, out) -> list[Path]:
     from archspec.report.plots import paper_style
 
     png, pdf = _outputs(out)
-    png.parent.mkdir(parents=True, exist_ok=True)
+    from archspec.io import make_dir
+
+    make_dir(png.parent)
     for path, fmt, extra in ((png, "png", {"dpi": 150}), (pdf, "pdf", {"metadata": {"CreationDate": None}})):
         buf = io.BytesIO()
         with paper_style():
