@@ -3,6 +3,7 @@ delegates here for training configs. Heavy imports live inside the commands."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import click
@@ -180,20 +181,24 @@ def _stages(model, stage: str | None) -> list[tuple[str, str | None]]:
                     f"or a stage name: {', '.join(model.spec.stage_names)})")
 
 
+MAX_PIXEL_FEATURES = 16384  # eval --baseline: the raw-pixel row up to 128x128 gray or 73x73 RGB
+
+
 @click.command("eval")
 @click.argument("run", type=click.Path(file_okay=False))
 @click.option("--stage", default=None, help="A local stage (e.g. conv1+res2, res3), a stage name, or 'all'; "
                                             "default: the final representation (pooled last stage).")
 @click.option("--knn/--no-knn", default=True, show_default=True, help="Also a weighted k-NN classifier (k=20).")
-@click.option("--baseline", is_flag=True, help="Also evaluate the untrained encoder (the run's initialisation).")
+@click.option("--baseline", is_flag=True, help="Also evaluate the untrained encoder (the run's initialisation) "
+                                               "and the raw pixels (the flattened images, one row).")
 @click.option("--probe-epochs", type=click.IntRange(min=1), default=200, show_default=True,
               help="L-BFGS iterations of the linear probe.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, sys.maxsize), default=256, show_default=True)
 def evaluate(run, stage, knn, baseline, probe_epochs, batch_size):
     """Linear probe and k-NN on frozen features of a trained RUN; writes RUN/eval.json."""
     from archspec.io import write_text_atomic
     from archspec.train.data import build_dataset
-    from archspec.train.evaluate import extract_features, knn_accuracy, linear_probe
+    from archspec.train.evaluate import extract_features, knn_accuracy, linear_probe, pixel_features
     from archspec.train.loop import build_model, load_run, resolve_device
 
     run = Path(run)
@@ -208,16 +213,24 @@ def evaluate(run, stage, knn, baseline, probe_epochs, batch_size):
     if baseline:
         encoders.append(("untrained", build_model(model.cfg).net))
     rows = []
+
+    def add_row(which, label, tr_x, tr_y, te_x, te_y):
+        row = {"encoder": which, "stage": label, "features": int(tr_x.shape[1]),
+               "linear_probe": linear_probe(tr_x, tr_y, te_x, te_y, epochs=probe_epochs, seed=model.cfg.seed)}
+        if knn:
+            row["knn"] = knn_accuracy(tr_x, tr_y, te_x, te_y)
+        rows.append(row)
+
     for which, net in encoders:
         net.to(device)
         for label, name in stages:
-            tr_x, tr_y = extract_features(net, train_set, stage=name, batch_size=batch_size, device=device)
-            te_x, te_y = extract_features(net, test_set, stage=name, batch_size=batch_size, device=device)
-            row = {"encoder": which, "stage": label, "features": int(tr_x.shape[1]),
-                   "linear_probe": linear_probe(tr_x, tr_y, te_x, te_y, epochs=probe_epochs, seed=model.cfg.seed)}
-            if knn:
-                row["knn"] = knn_accuracy(tr_x, tr_y, te_x, te_y)
-            rows.append(row)
+            add_row(which, label, *extract_features(net, train_set, stage=name, batch_size=batch_size, device=device),
+                    *extract_features(net, test_set, stage=name, batch_size=batch_size, device=device))
+    pixels = train_set.channels * train_set.size ** 2
+    if baseline and pixels > MAX_PIXEL_FEATURES:  # 224x224 RGB: 150,528 floats per image, the probe's memory
+        click.echo(f"raw pixels skipped: {pixels} features per image, over {MAX_PIXEL_FEATURES}", err=True)
+    elif baseline:  # what the probe and k-NN get from the images alone
+        add_row("pixels", "input", *pixel_features(train_set, batch_size), *pixel_features(test_set, batch_size))
     doc = {"run": str(run), "method": model.cfg.method, "spec": model.spec.name, "step": state["step"],
            "train_images": len(train_set), "test_images": len(test_set), "results": rows}
     write_text_atomic(run / "eval.json", json.dumps(doc, indent=2) + "\n")
@@ -269,7 +282,7 @@ def plot(runs, out_dir, tsne, tsne_samples, labels):
     each with its caption (the conventions) in STEM.caption.md next to it."""
     import torch
 
-    from archspec.io import write_text_atomic
+    from archspec.io import make_dir, write_text_atomic
     from archspec.train.data import build_dataset
     from archspec.train.evaluate import extract_features
     from archspec.train.figures import loss_caption, plot_loss_curves, plot_tsne, tsne_caption
@@ -284,7 +297,7 @@ def plot(runs, out_dir, tsne, tsne_samples, labels):
     names = _run_names(paths)
     shown = given or names
     out = Path(out_dir) if out_dir else paths[0] / "figures"
-    out.mkdir(parents=True, exist_ok=True)
+    make_dir(out)
 
     def caption(stem: Path, text: str) -> Path:
         write_text_atomic(stem.with_name(stem.name + ".caption.md"), text + "\n")
