@@ -25,6 +25,7 @@ setup(
         "tqdm>=4.60",  # progress bars (design search, training)
         "scikit-learn>=1.3",  # digits data set, linear probe, t-SNE
         "pillow>=9",  # reading image-folder data sets
+        "tensorboard>=2.14",  # training's event files (tensorboard: true, the default); CPU-only, no CUDA
     ],
     extras_require={
         # fvcore and ptflops: independent FLOP counters the tests reconcile with archspec's

@@ -17,7 +17,7 @@ from archspec.errors import SpecError, UserError
 
 METHODS = ("simclr", "gim", "loco")
 OPTIMIZERS = ("lars", "sgd", "adam")
-DATA_KINDS = ("image_folder", "cifar10", "digits", "synthetic")
+DATA_KINDS = ("image_folder", "cifar10", "digits", "synthetic", "fashion_mnist")
 DTYPES = ("float32", "float64", "bfloat16", "float16")  # the 16-bit ones: mixed precision (train/precision.py)
 PIPELINES = ("sync", "pipelined")
 
@@ -39,6 +39,7 @@ class DataSection:
     num_samples: int = 512
     test_fraction: float = 0.2
     seed: int = 0
+    train_images: int | None = None  # fashion_mnist: a class-balanced subset of the training split
     workers: int = 0  # DataLoader worker processes
 
     def data_config(self, size: int):
@@ -284,7 +285,10 @@ def loads_config(text: str, source: str = "<config>", base: Path | str | None = 
         "kind": lambda v, p: r.choice(v, p, DATA_KINDS), "root": data_root, "size": opt_pos_int,
         "channels": lambda v, p: v if v is None else r.choice(v, p, (1, 3)), "num_classes": pos_int, "num_samples": pos_int,
         "test_fraction": lambda v, p: n(v, p, low=0, high=0.99), "seed": nonneg_int,
-        "workers": nonneg_int})
+        "train_images": opt_pos_int, "workers": nonneg_int})
+    if data_section.train_images is not None and data_section.kind != "fashion_mnist":
+        r.fail(("data", "train_images"), f"'train_images' is for kind fashion_mnist, not {data_section.kind}",
+               hint="remove it (digits, synthetic and image folders split by test_fraction)")
     if data_section.kind == "image_folder" and data_section.root is None:
         r.fail(("data",), "an image_folder data set needs 'root'", hint="add 'root: path/to/images' "
                "(one folder per class; train/ and val/ inside if the split is given)")
@@ -477,10 +481,16 @@ def validate_config(cfg: TrainConfig, memory_budget: int | str | None = None, ch
             hint=memory_hint(cfg))
 
     found, where = None, cfg.data.root
-    if cfg.data.root is not None:
-        found = Path(cfg.data.root).exists()
+    hint = "download the data set there or fix 'root'"
+    if cfg.data.kind == "fashion_mnist":  # no root: Debian's folder
+        from archspec.train.fashion_mnist import DEFAULT_ROOT, PACKAGE
+
+        where = where or DEFAULT_ROOT
+        hint = f"apt-get install {PACKAGE} (it fills {DEFAULT_ROOT}), or set data.root to a folder with its IDX files"
+    if where is not None:
+        found = Path(where).exists()
         if check_data and not found:
-            raise ConfigError(f"data root {cfg.data.root} does not exist", where=cfg.where("data", "root"),
-                              what="data", hint="download the data set there or fix 'root'")
+            raise ConfigError(f"data root {where} does not exist", where=cfg.where("data", "root"),
+                              what="data", hint=hint)
     params = sum(r["params"] for r in prof["stages"] if r["name"] != "head")
     return Validation(spec.name, params, size, labels, decoders, memory, budget, found, where)

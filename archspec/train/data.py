@@ -24,6 +24,9 @@ Kinds:
   orientation is the class, with a random frequency, phase, contrast, tint and noise per image
   (see ``synthetic_images``); deterministic by ``seed``; split like ``digits``. The class survives
   SimCLR's augmentations, raw pixels hardly reveal it (random phase), a small CNN learns it.
+- ``fashion_mnist``: Fashion-MNIST's IDX files in ``root`` (default /usr/share/datasets/fashion-mnist,
+  Debian's ``dataset-fashion-mnist``): 60,000 train (or a seeded, class-balanced subset of
+  ``train_images``) and 10,000 test images, 28x28, 1 channel (archspec/train/fashion_mnist.py).
 
 ``channels`` converts if given: 1 -> 3 repeats the channel, 3 -> 1 takes the luminance
 (0.299 R + 0.587 G + 0.114 B).
@@ -43,10 +46,10 @@ from torch.utils.data import Dataset
 
 from archspec.errors import UserError
 
-KINDS = ("image_folder", "cifar10", "digits", "synthetic")
+KINDS = ("image_folder", "cifar10", "digits", "synthetic", "fashion_mnist")
 SPLITS = ("train", "test")
-DEFAULT_SIZE = {"image_folder": 224, "cifar10": 32, "digits": 32, "synthetic": 32}
-DEFAULT_CHANNELS = {"image_folder": 3, "cifar10": 3, "digits": 1, "synthetic": 3}
+DEFAULT_SIZE = {"image_folder": 224, "cifar10": 32, "digits": 32, "synthetic": 32, "fashion_mnist": 28}
+DEFAULT_CHANNELS = {"image_folder": 3, "cifar10": 3, "digits": 1, "synthetic": 3, "fashion_mnist": 1}
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 _LUMA = (0.299, 0.587, 0.114)
@@ -54,14 +57,15 @@ _LUMA = (0.299, 0.587, 0.114)
 
 @dataclass
 class DataConfig:
-    kind: str  # "image_folder" | "cifar10" | "digits" | "synthetic"
-    root: str | None = None  # image_folder, cifar10
+    kind: str  # "image_folder" | "cifar10" | "digits" | "synthetic" | "fashion_mnist"
+    root: str | None = None  # image_folder, cifar10, fashion_mnist (default: Debian's folder)
     size: int | None = None  # square side S; None: DEFAULT_SIZE[kind]
     channels: int | None = None  # 1 or 3; None: the data's own (DEFAULT_CHANNELS[kind])
     num_classes: int = 10  # synthetic
     num_samples: int = 512  # synthetic (both splits together)
     test_fraction: float = 0.2  # digits, synthetic, image_folder without train/ and val/
     seed: int = 0  # the split and the synthetic images
+    train_images: int | None = None  # fashion_mnist: a class-balanced subset of the training split
 
 
 def _error(message: str, hint: str | None = None) -> UserError:
@@ -370,5 +374,8 @@ def build_dataset(cfg: DataConfig, split: str) -> Dataset:
     if isinstance(cfg.test_fraction, bool) or not isinstance(cfg.test_fraction, (int, float)) \
             or not 0.0 <= cfg.test_fraction < 1.0:
         raise _error(f"test_fraction must be in [0, 1), got {cfg.test_fraction}", "e.g. test_fraction: 0.2")
-    build = {"image_folder": _image_folder, "cifar10": _cifar10, "digits": _digits, "synthetic": _synthetic}
+    from archspec.train.fashion_mnist import fashion_mnist
+
+    build = {"image_folder": _image_folder, "cifar10": _cifar10, "digits": _digits, "synthetic": _synthetic,
+             "fashion_mnist": fashion_mnist}
     return build[cfg.kind](cfg, split, size, channels)

@@ -505,9 +505,16 @@ def _tuples(value):
 
 
 def _tensorboard(out: Path):
+    """A SummaryWriter on RUN/tb; None, with one warning line on stderr, when tensorboard is
+    missing (the run goes on: log.jsonl is the record), so a config asking for it never gets silence."""
     try:
         from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard not installed: the JSONL log is the record
+    except ImportError as exc:
+        import sys
+
+        print(f"warning: tensorboard: true, but torch.utils.tensorboard does not import ({exc}): no event files in "
+              f"{out / 'tb'}, log.jsonl has every step (pip install tensorboard, or set tensorboard: false)",
+              file=sys.stderr, flush=True)
         return None
     return SummaryWriter(str(out / "tb"))
 
