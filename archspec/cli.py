@@ -8,7 +8,7 @@ import click
 
 from archspec.commands.common import SPEC_ARG, emit, measure_option, ops_option, size_option_callback
 from archspec.commands.targets import channels_option, stages_option_callback
-from archspec.errors import UserError
+from archspec.errors import UserError, one_line
 
 
 class _Group(click.Group):
@@ -20,7 +20,7 @@ class _Group(click.Group):
         try:
             code = super().main(args=args, prog_name=prog_name, standalone_mode=False, **extra)
         except UserError as err:
-            click.echo(f"error: {err}", err=True)
+            click.echo(f"error: {one_line(str(err))}", err=True)
             sys.exit(err.exit_code)
         except click.UsageError as err:
             where = err.ctx.command_path if err.ctx else "archspec"

@@ -1,6 +1,20 @@
 """Errors that reach the user as one line (the CLI prints them and exits 2)."""
 from __future__ import annotations
 
+import re
+
+LONG_WORD = 200  # a "word" of user text longer than this is shown cut (a 5,000-digit channel count)
+
+
+def _clip(match) -> str:
+    word = match.group(0)
+    return f"{word[:24]}...({len(word):,} characters)"
+
+
+def one_line(text: str) -> str:
+    """``text`` on one line, with every run of more than LONG_WORD non-blank characters cut."""
+    return re.sub(rf"\S{{{LONG_WORD + 1},}}", _clip, " ".join(text.split()))
+
 
 class UserError(Exception):
     """Bad input from the user: printed as one line, never as a traceback."""
@@ -37,5 +51,5 @@ class SpecError(UserError):
         line = " ".join(parts)
         if self.hint:
             line += f" (hint: {self.hint})"
-        # One line, always: a message built from user text must not break it.
-        return " ".join(line.split())
+        # One line, always, and short: a message built from user text must not break it.
+        return one_line(line)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import yaml
 
+from archspec import limits
 from archspec.errors import SpecError
 from archspec.spec import notation
 from archspec.spec.schema import (ACTIVATIONS, POOL_DOWNSAMPLES, SHORTCUT_KINDS, BlockGroup, Conv, Downsample,
@@ -23,7 +24,12 @@ HEAD_KEYS = ("pool", "pool_size", "fc", "dropout", "activation", "downsample", "
 
 
 def _compose(text: str, source: str):
-    """YAML text -> (plain Python data, {path: line}). Rejects duplicate keys."""
+    """YAML text -> (plain Python data, {path: line}). Rejects duplicate keys, and YAML beyond
+    archspec.limits (depth, aliases, expanded size) before a node is built."""
+    try:
+        limits.check_yaml(text)
+    except limits.LimitError as err:
+        raise _located(err, source) from None
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except (ValueError, OverflowError) as exc:  # PyYAML lets these through for a \\U escape above U+10FFFF
@@ -59,11 +65,22 @@ def _compose(text: str, source: str):
             return [build(item, path + (i,)) for i, item in enumerate(n.value)]
         try:
             return constructor.construct_object(n, deep=True)
-        except (yaml.YAMLError, ValueError, OverflowError) as exc:  # e.g. a date 2020-13-45
+        except ValueError as exc:
+            if "integer string conversion" in str(exc):  # Python refuses int() of more than 4,300 digits
+                raise SpecError(f"a number of {len(n.value.strip()):,} digits is far too large",
+                                where=f"{source}:{n.start_mark.line + 1}",
+                                hint="archspec's counts are at most 1,048,576") from None
+            raise SpecError(f"cannot read value: {exc}", where=f"{source}:{n.start_mark.line + 1}",
+                            hint="quote it to make it text") from None
+        except (yaml.YAMLError, OverflowError) as exc:  # e.g. a date 2020-13-45
             raise SpecError(f"cannot read value: {getattr(exc, 'problem', exc)}",
                             where=f"{source}:{n.start_mark.line + 1}", hint="quote it to make it text") from None
 
     return build(node, ()), lines
+
+
+def _located(err: limits.LimitError, source: str) -> SpecError:
+    return SpecError(err.message, where=f"{source}:{err.line}" if err.line else source, hint=err.hint)
 
 
 def compose(text: str, source: str):
@@ -273,6 +290,19 @@ class _Builder:
         for key in ("name", "title", "notes"):
             if key in data and not isinstance(data[key], str):
                 raise SpecError(f"'{key}' must be text, got {data[key]!r}", path=(key,))
+        if len(stages) > limits.MAX_STAGES:
+            raise SpecError(f"the spec has {len(stages):,} stages, over the limit of {limits.MAX_STAGES:,}",
+                            path=("stages", limits.MAX_STAGES), hint="a network has a handful of stages")
+        built = []
+        blocks = 0
+        for i, s in enumerate(stages):
+            built.append(self.stage(s, ("stages", i)))
+            for j, group in enumerate(built[-1].blocks):  # the expanded count every command is linear in
+                blocks += group.repeat
+                if blocks > limits.MAX_BLOCKS:
+                    raise SpecError(f"the spec expands to more than {limits.MAX_BLOCKS:,} blocks (repeats "
+                                    f"included), the limit (archspec.limits.MAX_BLOCKS)",
+                                    path=("stages", i, "blocks", j), hint="lower the repeat counts (xN)")
         return Spec(
             name=data.get("name", default_name),
             title=data.get("title", ""),
@@ -280,7 +310,7 @@ class _Builder:
             input_channels=self.at(("input", "channels"), notation.positive_int, inp.get("channels", 3),
                                    "input channels"),
             input_size=self.at(("input", "size"), notation.parse_size, inp.get("size", 224), "input size"),
-            stages=tuple(self.stage(s, ("stages", i)) for i, s in enumerate(stages)),
+            stages=tuple(built),
             head=self.head(data.get("head"), ("head",)),
         )
 
@@ -320,9 +350,11 @@ def loads(text: str, source: str = "<spec>", default_name: str = "spec") -> Spec
 def load(path) -> Spec:
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = limits.read_text_bounded(path, "spec")
     except FileNotFoundError:
         raise SpecError(f"no such file: {path}", hint="give a path to a .yaml spec or a name from specs/") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError(f"cannot read {path}: {exc}") from None
+    except limits.LimitError as err:
+        raise _located(err, str(path)) from None
+    except OSError as exc:
+        raise SpecError(f"cannot read {path}: {exc.strerror or exc}") from None
     return loads(text, source=str(path), default_name=path.stem)

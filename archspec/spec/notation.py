@@ -33,6 +33,9 @@ def positive_int(text, what: str, hint: str | None = None) -> int:
     if isinstance(text, int):
         value = text
     elif isinstance(text, str) and re.fullmatch(r"\s*[+-]?\d+\s*", text):
+        if len(text.strip().lstrip("+-").lstrip("0")) > len(str(MAX_INT)):  # int() of 5,000 digits refuses
+            raise SpecError(f"{what} is too large: a {len(text.strip()):,}-digit number (at most {MAX_INT:,})",
+                            hint=hint)
         value = int(text)
     else:
         shown = text if isinstance(text, str) else repr(text)
@@ -40,7 +43,8 @@ def positive_int(text, what: str, hint: str | None = None) -> int:
     if value <= 0:
         raise SpecError(f"{what} must be a positive integer, got {value}", hint=hint)
     if value > MAX_INT:
-        raise SpecError(f"{what} is too large: {value} (at most {MAX_INT:,})", hint=hint)
+        shown = f"{value:,}" if value.bit_length() < 200 else f"about 2^{value.bit_length() - 1}"
+        raise SpecError(f"{what} is too large: {shown} (at most {MAX_INT:,})", hint=hint)
     return value
 
 

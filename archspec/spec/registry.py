@@ -36,6 +36,11 @@ def resolve(name_or_path: str) -> Path:
                         hint="module:callable works with archspec profile, compare, balance and split, and "
                              "archspec.profile() in Python; here give a spec name or a .yaml path")
     if path.suffix in (".yaml", ".yml") or path.parent != Path(".") or path.exists():
+        from archspec.limits import file_kind
+
+        kind = file_kind(path) if path.exists() else None
+        if kind is not None:  # /dev/zero, a FIFO, a folder: refused by name, never read
+            raise SpecError(f"{name_or_path} is {kind}, not a spec file", hint="give a path to a .yaml spec")
         if not path.is_file():
             raise SpecError(f"no such spec file: {name_or_path}",
                             hint=f"give an existing .yaml path or one of: {', '.join(available())}")

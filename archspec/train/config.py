@@ -341,21 +341,27 @@ def _device_parser(r: _Reader):
 
 
 def load_config(path) -> TrainConfig:
+    from archspec import limits
+
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = limits.read_text_bounded(path, "training config")
     except FileNotFoundError:
         raise ConfigError(f"no such config file: {path}", hint="give a path to a training config .yaml") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read {path}: {exc}") from None
+    except limits.LimitError as err:
+        raise ConfigError(err.message, where=f"{path}:{err.line}" if err.line else str(path), hint=err.hint) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
     return loads_config(text, source=str(path), base=path.resolve().parent)
 
 
 def is_training_config(path) -> bool:
     """True for a YAML file with a top-level ``method:`` or ``spec:`` key (a spec has neither)."""
+    from archspec import limits
+
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
+        text = limits.read_text_bounded(path)
+    except (OSError, limits.LimitError):  # the spec loader words it
         return False
     return re.search(r"^(method|spec)\s*:", text, flags=re.MULTILINE) is not None
 

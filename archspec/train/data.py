@@ -194,10 +194,28 @@ def _cifar_folder(root: Path) -> Path:
     return root
 
 
+# The only globals a CIFAR-10 python batch refers to (its numpy arrays): anything else in the file
+# is refused before it is called, so a crafted pickle cannot run code (pickle.load would).
+_CIFAR_GLOBALS = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
+                  ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
+                  ("numpy._core.multiarray", "scalar")}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        if (module, name) not in _CIFAR_GLOBALS:
+            raise pickle.UnpicklingError(f"it refers to {module}.{name}, which a CIFAR-10 batch never holds "
+                                         f"(only numpy arrays, lists and bytes are read)")
+        if module == "numpy":
+            return getattr(np, name)
+        core = getattr(np, "_core", None) or np.core  # numpy 2 moved numpy.core to numpy._core
+        return getattr(core.multiarray, name)
+
+
 def _unpickle(path: Path) -> dict:
     try:
         with open(path, "rb") as f:
-            data = pickle.load(f, encoding="bytes")
+            data = _CifarUnpickler(f, encoding="bytes").load()
     except (OSError, pickle.UnpicklingError, EOFError, ValueError) as exc:
         raise _error(f"cannot read CIFAR-10 file {path}: {exc}",
                      "re-extract cifar-10-python.tar.gz (the python version)") from None
