@@ -315,3 +315,15 @@ def test_the_bounds_are_stated():
                   f"{limits.MAX_NODES:,}", f"{limits.MAX_BLOCKS:,}", f"{limits.MAX_STAGES:,}"):
         assert value in doc.split("## Limits", 1)[1], value
     assert sys.getrecursionlimit() >= 3 * limits.MAX_DEPTH  # the composer recurses about 3 frames a level
+
+
+def test_a_run_log_with_a_bad_line_is_one_line(tiny_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    log = run / "log.jsonl"
+    log.write_text(log.read_text() + '{"step": 2, "loss/res5": 1.0, "epoch"')  # cut by a crash: skipped
+    assert cli("plot", run, "-o", tmp_path / "figs", "--no-tsne").exit_code == 0
+    log.write_text('{"step": 1}\n[1, 2]\n' + "garbage\n")
+    one_line_exit_2(cli("plot", run, "-o", tmp_path / "figs2", "--no-tsne"), "log.jsonl:2:")
