@@ -232,9 +232,9 @@ def test_tensorboard_writes_event_files(tmp_path):
 
     importlib.import_module("tensorboard")  # an ImportError here is a broken install, not a skip
 
-    from archspec.train.loop import _tensorboard
+    from archspec.train.runlog import open_tensorboard
 
-    writer = _tensorboard(tmp_path)
+    writer = open_tensorboard(tmp_path)
     writer.add_scalar("loss/res5", 1.0, 1)
     writer.close()
     assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "tb").iterdir())

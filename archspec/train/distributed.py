@@ -38,7 +38,8 @@ import torch.distributed as dist
 from archspec.errors import UserError
 from archspec.io import write_text_atomic
 from archspec.train.config import TrainConfig
-from archspec.train.loop import RunResult, check_run_dir, dump_config, result_line
+from archspec.train.loop import RunResult, check_run_dir, dump_config
+from archspec.train.runlog import result_line
 from archspec.train.loop import _torch_settings
 from archspec.train.ranks import peak_rss_bytes, rank_device, stage_plan
 from archspec.train.stage_runner import StageRunner
@@ -293,14 +294,15 @@ def _command():
     def command(config, out_dir, max_steps, resume, memory_budget, progress, schedule, processes, data_parallel):
         """``archspec train CONFIG --processes stage``: one process per local stage. Under
         torchrun, rank 0 validates the config and prints; every rank trains its stage."""
-        from archspec.train.config import default_output, load_config, parse_bytes, validate_config
+        from archspec.train.config import default_output, load_config, validate_config
+        from archspec.vocabulary import parse_bytes
 
         rank0 = int(os.environ.get("RANK", "0")) == 0
         from archspec.commands.train import with_schedule
 
         cfg = with_schedule(load_config(config), schedule)
         if rank0:  # the others wait for it in the process group (torchrun stops them if it fails)
-            validate_config(cfg, memory_budget=parse_bytes(memory_budget) if memory_budget else None)
+            validate_config(cfg, memory_budget=parse_bytes(memory_budget, "--memory-budget") if memory_budget else None)
         out = Path(out_dir) if out_dir else default_output(cfg)
         result = train_distributed(cfg, out, max_steps=max_steps, resume=resume, progress=progress,
                                    processes=processes, data_parallel=data_parallel)

@@ -21,7 +21,6 @@ import contextlib
 import dataclasses
 import io
 import json
-import math
 import os
 import random
 import signal
@@ -34,11 +33,13 @@ import torch
 
 from archspec.errors import UserError
 from archspec.io import write_bytes_atomic, write_text_atomic
-from archspec.train.config import TrainConfig, load_config, load_training_spec, loads_config
+from archspec.train.checkpoints import CHECKPOINT_FORMAT, checkpoint_paths, latest_checkpoint, load_checkpoint
+from archspec.train.config import TrainConfig, load_config, load_training_spec
+from archspec.train.rng import epoch_order, rng_state, set_rng_state
+from archspec.train.runlog import check_finite, log_step, open_tensorboard, read_log  # noqa: F401 (read_log: loop's API)
 from archspec.train.precision import LossScale, Precision, weight_dtype
 from archspec.train.stale import StaleWeights, is_segment_start, stage_delays
 
-CHECKPOINT_FORMAT = "archspec.checkpoint/1"
 # Keys that may change between a run and its resumption without changing its numbers.
 RESUME_FREE = {"threads", "log_every", "checkpoint_every", "keep_checkpoints", "tensorboard", "device", "output"}
 
@@ -64,27 +65,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device '{name}' is not available here (hint: set device: auto or cpu)")
     return device
-
-
-def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
-    """The data order of ``epoch``: a permutation that depends on (seed, epoch) only."""
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-
-
-def checkpoint_paths(out: Path) -> list[Path]:
-    return sorted((out / "checkpoints").glob("step-*.pt"))
-
-
-def latest_checkpoint(out: Path) -> Path | None:
-    paths = checkpoint_paths(out)
-    return paths[-1] if paths else None
-
-
-def read_log(out: Path) -> list[dict]:
-    path = Path(out) / "log.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def dump_config(cfg: TrainConfig) -> str:
@@ -190,21 +170,11 @@ def load_run(run: Path | str, device: torch.device | str = "cpu", checkpoint: Pa
     checkpoint = checkpoint or latest_checkpoint(run)
     if checkpoint is None:
         raise UserError(f"run {run} has no checkpoint yet (hint: train it first)")
-    state = _load_checkpoint(checkpoint)
+    state = load_checkpoint(checkpoint)
     model = build_model(cfg, device)
     model.net.load_state_dict(state["model"])
     model.decoders.load_state_dict(state["decoders"])
     return model, state
-
-
-def _load_checkpoint(path: Path) -> dict:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a truncated or foreign file
-        raise UserError(f"cannot read checkpoint {path}: {exc}".splitlines()[0]) from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise UserError(f"{path} is not an archspec checkpoint")
-    return state
 
 
 # -- the runner --------------------------------------------------------------------------------
@@ -289,7 +259,7 @@ class Runner:
         return path
 
     def restore(self, path: Path) -> None:
-        state = _load_checkpoint(path)
+        state = load_checkpoint(path)
         if state["total_steps"] != self.total_steps:
             raise UserError(f"checkpoint {path} is from a run of {state['total_steps']} steps, this config makes "
                             f"{self.total_steps} (hint: resume with the run's own config)")
@@ -328,7 +298,7 @@ class Runner:
         cfg = self.cfg
         stop = self.total_steps if max_steps is None else min(self.total_steps, max_steps)
         start = self.step
-        writer = _tensorboard(self.out) if cfg.tensorboard and self.writes else None
+        writer = open_tensorboard(self.out) if cfg.tensorboard and self.writes else None
         log_path = self.out / "log.jsonl" if self.writes else Path(os.devnull)
         if self.writes:
             records = [r for r in read_log(self.out) if r["step"] <= start]  # drop steps after the checkpoint
@@ -433,99 +403,13 @@ class Runner:
         }
 
 
-def result_line(result: RunResult, method: str, processes: int | None = None) -> str:
-    """``completed: step 165/165 of loco on tiny_digits, 856 images/s; loss res3 5.39 -> 3.19; run DIR``."""
-    s = result.summary
-    change = "; ".join(f"{k[5:]} {s['first_losses'][k]:.3f} -> {v:.3f}" for k, v in s["final_losses"].items()
-                       if v is not None and s["first_losses"].get(k) is not None)
-    speed = f", {s['images_per_s']:.0f} images/s" if s.get("images_per_s") else ""
-    procs = f", {processes} processes" if processes else ""
-    return (f"{result.status}: step {result.step}/{result.total_steps} of {method} on {s['spec']}{speed}{procs}; "
-            f"loss {change}; run {result.out}")
-
-
-def finite(losses: dict[str, float]) -> bool:
-    return all(math.isfinite(v) for v in losses.values())
-
-
-def not_finite(losses: dict[str, float], step: int, saved: str = "checkpoint saved") -> UserError:
-    """The one-line error of a loss that became NaN or infinite."""
-    return UserError(f"the loss became {losses} at step {step} (hint: lower the learning rate or raise the "
-                     f"temperature); {saved}")
-
-
-def check_finite(losses: dict[str, float], step: int, save) -> None:
-    """A NaN or infinite loss ends the run with a checkpoint and a one-line error."""
-    if not finite(losses):
-        save()
-        raise not_finite(losses, step)
-
-
-def log_step(log, writer, step: int, epoch: float, lr: float, losses: dict[str, float], batch: int,
-             seconds: float) -> None:
-    """One record of log.jsonl (and TensorBoard scalars when a writer is open)."""
-    record = {"step": step, "epoch": round(epoch, 4), "lr": lr, **{f"loss/{k}": v for k, v in losses.items()},
-              "images_per_s": round(batch / seconds, 2), "step_s": round(seconds, 5)}
-    log.write(json.dumps(record) + "\n")
-    log.flush()
-    if writer is not None:
-        for key, value in record.items():
-            if key != "step":
-                writer.add_scalar(key, value, step)
-
-
-def rng_state(aug_generator: torch.Generator) -> dict:
-    """Every random number generator a step draws from, for a checkpoint."""
-    np_state = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
-        "python": random.getstate(),
-        "augment": aug_generator.get_state(),
-    }
-
-
-def set_rng_state(rng: dict, aug_generator: torch.Generator) -> None:
-    """The generators back as :func:`rng_state` saved them."""
-    torch.set_rng_state(rng["torch"])
-    if rng["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
-    name, keys, *rest = rng["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
-    random.setstate(_tuples(rng["python"]))
-    aug_generator.set_state(rng["augment"])
-
-
-def _tuples(value):
-    """torch.load(weights_only) gives lists back where random.getstate() had tuples."""
-    if isinstance(value, list):
-        return tuple(_tuples(v) for v in value)
-    return value
-
-
-def _tensorboard(out: Path):
-    """A SummaryWriter on RUN/tb; None, with one warning line on stderr, when tensorboard is
-    missing (the run goes on: log.jsonl is the record), so a config asking for it never gets silence."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError as exc:
-        import sys
-
-        print(f"warning: tensorboard: true, but torch.utils.tensorboard does not import ({exc}): no event files in "
-              f"{out / 'tb'}, log.jsonl has every step (pip install tensorboard, or set tensorboard: false)",
-              file=sys.stderr, flush=True)
-        return None
-    return SummaryWriter(str(out / "tb"))
-
-
 def check_run_dir(cfg: TrainConfig, out: Path, resume: bool) -> Path | None:
     """Refuse a run directory that would be overwritten, or a resume that cannot be exact (no
     checkpoint, a config whose numbers differ); the newest checkpoint when resuming."""
     if resume:
         if not (out / "config.yaml").is_file():
             raise UserError(f"nothing to resume: {out} has no config.yaml (hint: start the run without --resume)")
-        saved = loads_config((out / "config.yaml").read_text(), str(out / "config.yaml"), out)
+        saved = load_config(out / "config.yaml")  # bounded like any config (archspec.limits)
         changed = _diff(saved.to_data(), cfg.to_data())
         if changed:
             raise UserError(f"{cfg.source}: '{changed}' differs from the run's config.yaml in {out} (hint: resume "

@@ -17,7 +17,8 @@ import torch
 import torch.distributed as dist
 
 from archspec.io import write_bytes_atomic
-from archspec.train.loop import checkpoint_paths, set_rng_state
+from archspec.train.checkpoints import checkpoint_paths
+from archspec.train.rng import set_rng_state
 from archspec.train.transport import to_cpu
 
 

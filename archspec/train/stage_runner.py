@@ -23,9 +23,9 @@ import torch.distributed as dist
 from archspec.errors import UserError
 from archspec.io import write_text_atomic
 from archspec.train.config import TrainConfig
-from archspec.train.loop import (
-    Runner, RunResult, _load_checkpoint, _Stopper, _tensorboard, check_finite, check_run_dir, finite, log_step,
-    not_finite, read_log)
+from archspec.train.checkpoints import load_checkpoint
+from archspec.train.loop import Runner, RunResult, _Stopper, check_run_dir
+from archspec.train.runlog import check_finite, finite, log_step, not_finite, open_tensorboard, read_log
 from archspec.train.precision import MIXED, Precision, weight_dtype
 from archspec.train.ranks import _build_model, check_stage_dtype, peak_rss_bytes, stage_plan
 from archspec.train.replica_runner import check_batch
@@ -93,7 +93,7 @@ class StageRunner(StageCheckpoints, Schedules, Messages, Runner):
                 info["images"] = len(self.dataset)
                 info["checkpoint"] = checkpoint
                 if checkpoint is not None:
-                    state = _load_checkpoint(checkpoint)
+                    state = load_checkpoint(checkpoint)
                     total = cfg.epochs * (len(self.dataset) // cfg.batch)
                     if state["total_steps"] != total:
                         raise UserError(f"checkpoint {checkpoint} is from a run of {state['total_steps']} steps, "
@@ -238,7 +238,7 @@ class StageRunner(StageCheckpoints, Schedules, Messages, Runner):
         status = "completed" if stop == self.total_steps else "max_steps"
         writer = bar = None
         if rank0:
-            writer = _tensorboard(self.out) if cfg.tensorboard else None
+            writer = open_tensorboard(self.out) if cfg.tensorboard else None
             log_path = self.out / "log.jsonl"
             records = [r for r in read_log(self.out) if r["step"] <= start]  # drop steps after the checkpoint
             write_text_atomic(log_path, "".join(json.dumps(r) + "\n" for r in records))
