@@ -68,7 +68,8 @@ def profile(model_or_spec, input_size=None, *, stages=None, batch: int = 1, dtyp
 def balance(profile, band=None, measure: str | None = None) -> dict:
     """The balance document of a Profile (shares per local stage, imbalance, band, speed bound),
     as ``archspec balance --format json`` writes it. ``band``: (lo, hi) percent or "15:20"."""
-    from archspec.report.balance import balance_from_profile, parse_band
+    from archspec.report.balance import balance_from_profile
+    from archspec.vocabulary import parse_band
 
     if isinstance(band, str):
         band = parse_band(band)

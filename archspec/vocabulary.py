@@ -6,6 +6,9 @@ memory by the same default measure; every output states both in one short line
 """
 from __future__ import annotations
 
+import math
+import re
+
 # The defaults, chosen once for profile, compare, balance, split, table, report and the API:
 # conv + fc is what torchvision, fvcore and ptflops publish (ResNet-50: 4.089 G MACs = 8.18
 # GFLOPs), so a number pasted from archspec compares with theirs; 'saved' is the exact memory a
@@ -85,3 +88,43 @@ def bytes_unit(total: float) -> tuple[str, int]:
     if abs(total) >= 2**10:
         return "KiB", 2**10
     return "B", 1
+
+
+# -- reading sizes and bands (every command and config: one parser each) --------------------------
+_BYTE_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
+               "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_bytes(text, what: str = "size") -> int:
+    """'2GiB', '500MB', '1.5 GB', '1073741824' -> bytes (KB/MB/GB: powers of 1000, KiB/MiB/GiB: of
+    1024); ``what`` names the option or key in the one-line error."""
+    from archspec.errors import UserError
+
+    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-zA-Z]*)\s*", str(text))
+    unit = m.group(2).lower() if m else None
+    if not m or unit not in _BYTE_UNITS:
+        raise UserError(f"{what} '{text}' is not a size (hint: write e.g. 16GiB, 500MB or a number of bytes; "
+                        f"KB/MB/GB are powers of 1000, KiB/MiB/GiB of 1024)")
+    value = round(float(m.group(1)) * _BYTE_UNITS[unit])
+    if value <= 0:
+        raise UserError(f"{what} must be positive, got '{text}'")
+    return value
+
+
+def default_band(n_stages: int) -> tuple[float, float]:
+    """0.9 x 100/N : 1.2 x 100/N percent, to 2 decimals (15:20 for six stages)."""
+    ideal = 100.0 / n_stages
+    return round(0.9 * ideal, 2), round(1.2 * ideal, 2)
+
+
+def parse_band(text, what: str = "--band") -> tuple[float, float]:
+    """``"15:20"`` -> (15.0, 20.0), percent, with one-line errors for anything else."""
+    from archspec.errors import UserError
+
+    try:
+        lo, hi = (float(p) for p in str(text).split(":"))
+    except ValueError:
+        raise UserError(f"{what} '{text}' is not LO:HI (hint: e.g. {what} 15:20, in percent)") from None
+    if math.isnan(lo) or math.isnan(hi) or not 0 <= lo < hi <= 100:
+        raise UserError(f"{what} '{text}' is empty or outside 0..100 (hint: LO < HI, e.g. {what} 15:20)")
+    return lo, hi

@@ -41,11 +41,12 @@ def design(n_stages, band, budget_flops, budget_params, ops, measure, top, seed,
     outputs, per local stage (see docs/design.md). Budgets take suffixes: 8.2G, 25M, 750k. Exit code 1 when no design is found within --time-limit.
     """
     from archspec.design import search as D
+    from archspec.vocabulary import default_band, parse_band
 
     band_text = band
-    band = D.parse_band(band) if band is not None else None
+    band = parse_band(band) if band is not None else None
     D.check_request(n_stages, band)  # before default_band, which divides by the stage count
-    band = band or D.default_band(n_stages)
+    band = band or default_band(n_stages)
     flops = D.parse_count(budget_flops, "--budget-flops")
     params = D.parse_count(budget_params, "--budget-params")
     if progress is None:

@@ -22,7 +22,7 @@ def _check_standalone(standalone: bool, fmt: str) -> None:
 def _band(ctx, param, value):
     if value is None:
         return None
-    from archspec.report.balance import parse_band
+    from archspec.vocabulary import parse_band
 
     return parse_band(value)  # a UserError: one line, exit 2
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import difflib
-import re
 
 import click
 
@@ -10,7 +9,7 @@ from archspec.commands.common import SPEC_ARG, measure_option, ops_option, size_
 from archspec.commands.targets import (DEFAULT_MODULE_SIZE, channels_option, is_module_ref, load_module,
                                       stages_option_callback)
 from archspec.errors import UserError
-from archspec.vocabulary import conventions_line, flops_prefix, format_bytes
+from archspec.vocabulary import conventions_line, flops_prefix, format_bytes, parse_bytes
 
 BY = ("flops", "memory", "params", "time", "mix")
 MAX_THREADS = 1024  # torch.set_num_threads takes a C int; more threads than this helps no CPU
@@ -23,21 +22,7 @@ MEASURES = {
             "median of --runs rounds)",
     "mix": "max(FLOPs share, memory share) of the stage (FLOPs as --by flops, memory as --by memory)",
 }
-_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
-          "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 NEAR_OPTIMAL = 0.01  # the spec's own split is "already optimal" within 1% of the optimum's largest stage
-
-
-def parse_bytes(text: str) -> int:
-    """'2GiB', '500MB', '1.5 GB', '1073741824' -> bytes (KB/MB/GB: powers of 1000, KiB/MiB/GiB: of 1024)."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-zA-Z]*)\s*", str(text))
-    unit = m.group(2).lower() if m else None
-    if not m or unit not in _UNITS:
-        raise UserError(f"--memory-cap '{text}' is not a size (hint: write e.g. 2GiB, 500MB or a number of bytes)")
-    value = round(float(m.group(1)) * _UNITS[unit])
-    if value <= 0:
-        raise UserError(f"--memory-cap must be positive, got '{text}'")
-    return value
 
 
 def _formatter(by: str, scale: int, total: float):
@@ -112,7 +97,7 @@ def split(spec, stages, by, memory_cap, ops, measure, batch, optimizer, time_bat
     if links is not None or size is not None or channels is not None:
         raise UserError("--links, --size and --channels are for module:callable targets "
                         "(hint: a spec's chain is its blocks)")
-    cap = parse_bytes(memory_cap) if memory_cap is not None else None
+    cap = parse_bytes(memory_cap, "--memory-cap") if memory_cap is not None else None
 
     from archspec.design import chain as ch
     from archspec.design.split import Costs, SplitError, evaluate, optimal_split, uniform_cuts

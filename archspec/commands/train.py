@@ -12,7 +12,7 @@ from archspec.errors import UserError
 
 
 def _print_validation(path: str, cfg, report, ranks=None, processes: str = "one", data_parallel: int = 1) -> None:
-    from archspec.train.config import format_bytes
+    from archspec.vocabulary import format_bytes
 
     mem = report.memory
     decoders = ", ".join(f"{label} ({c}x{h}x{w})" for label, (c, h, w) in report.decoders.items())
@@ -53,7 +53,7 @@ def _run_words(cfg, processes: str, data_parallel: int) -> str:
 
 def _print_ranks(cfg, mem: dict, ranks, processes: str, data_parallel: int, budget: int | None) -> None:
     """The table of every rank's estimated peak (archspec.profiling.rank_memory) and the largest."""
-    from archspec.train.config import format_bytes
+    from archspec.vocabulary import format_bytes
 
     world = sum(len(r.ranks) for r in ranks)
     click.echo(f"  estimated peak memory of each of the {world} ranks ({_run_words(cfg, processes, data_parallel)}):")
@@ -77,9 +77,10 @@ def validate_training_config(path: str, memory_budget: str | None = None, check_
     """``archspec validate CONFIG``: parse, compile, fit decoders, estimate memory: of the single
     process, or (``processes="stage"`` or ``data_parallel`` > 1) of every rank of that run, which
     ``memory_budget`` (one device's) then bounds."""
-    from archspec.train.config import ConfigError, format_bytes, load_config, parse_bytes, validate_config
+    from archspec.train.config import ConfigError, load_config, validate_config
+    from archspec.vocabulary import format_bytes, parse_bytes
 
-    budget = parse_bytes(memory_budget) if memory_budget else None
+    budget = parse_bytes(memory_budget, "--memory-budget") if memory_budget else None
     cfg = with_schedule(load_config(path), schedule)
     if processes == "one" and data_parallel == 1:
         report = validate_config(cfg, memory_budget=budget, check_data=check_data)
@@ -140,7 +141,8 @@ def train(config, out_dir, max_steps, resume, memory_budget, progress, processes
     Writes config.yaml, log.jsonl, checkpoints/ and summary.json into the run directory.
     Ctrl-C saves a checkpoint after the current step and exits with code 130.
     """
-    from archspec.train.config import default_output, load_config, parse_bytes, validate_config
+    from archspec.train.config import default_output, load_config, validate_config
+    from archspec.vocabulary import parse_bytes
     import functools
 
     if processes == "stage" or data_parallel > 1:
@@ -151,10 +153,10 @@ def train(config, out_dir, max_steps, resume, memory_budget, progress, processes
         from archspec.train.loop import train as run_training
 
     cfg = with_schedule(load_config(config), schedule)
-    validate_config(cfg, memory_budget=parse_bytes(memory_budget) if memory_budget else None)
+    validate_config(cfg, memory_budget=parse_bytes(memory_budget, "--memory-budget") if memory_budget else None)
     out = Path(out_dir) if out_dir else default_output(cfg)
     result = run_training(cfg, out, max_steps=max_steps, resume=resume, progress=progress)
-    from archspec.train.loop import result_line
+    from archspec.train.runlog import result_line
 
     click.echo(result_line(result, cfg.method, result.summary.get("processes")))
     if result.status == "interrupted":
@@ -165,10 +167,7 @@ def train(config, out_dir, max_steps, resume, memory_budget, progress, processes
 
 def _stages(model, stage: str | None) -> list[tuple[str, str | None]]:
     """(label, stage name for extract_features) for --stage; None: the final representation."""
-    from archspec.profiling.memory import local_stages
-
-    groups = local_stages(model.spec)
-    labels = {"+".join(g): g[-1] for g in groups}
+    labels = {ls.label: ls.last for ls in model.spec.local_stages}
     if stage is None:
         return [("representation", None)]
     if stage == "all":
@@ -286,7 +285,8 @@ def plot(runs, out_dir, tsne, tsne_samples, labels):
     from archspec.train.data import build_dataset
     from archspec.train.evaluate import extract_features
     from archspec.train.figures import loss_caption, plot_loss_curves, plot_tsne, tsne_caption
-    from archspec.train.loop import load_run, read_log
+    from archspec.train.loop import load_run
+    from archspec.train.runlog import read_log
 
     paths = [Path(r) for r in runs]
     given = _plot_labels(labels, len(paths))

@@ -40,7 +40,7 @@ import numpy as np
 
 from archspec.design import space as S
 from archspec.errors import UserError
-from archspec.vocabulary import DEFAULT_OPS
+from archspec.vocabulary import DEFAULT_OPS, default_band
 
 DESIGN_OPS = ("conv", "fc", "bn", "pool")  # the op classes the closed-form evaluator counts
 SLACK_WEIGHT = 5.0  # points of J per unused FLOP budget (0.5 points per 10%)
@@ -81,24 +81,6 @@ def parse_count(text, what: str = "budget") -> int:
     if not math.isfinite(value) or value < 1:
         raise UserError(f"{what} '{text}' must be at least 1 (hint: e.g. 4.1G, 25M)")
     return int(round(value))
-
-
-def default_band(n_stages: int) -> tuple[float, float]:
-    """0.9 x 100/N : 1.2 x 100/N, to 2 decimals (15:20 for six stages), as ``archspec balance``."""
-    ideal = 100.0 / n_stages
-    return round(0.9 * ideal, 2), round(1.2 * ideal, 2)
-
-
-def parse_band(text) -> tuple[float, float]:
-    """``"15:20"`` -> (15.0, 20.0), percent."""
-    parts = str(text).split(":")
-    try:
-        lo, hi = (float(p) for p in parts)
-    except ValueError:
-        raise UserError(f"band '{text}' is not LO:HI (hint: e.g. --band 15:20, in percent)") from None
-    if math.isnan(lo) or math.isnan(hi) or not 0 <= lo < hi <= 100:
-        raise UserError(f"band '{text}' is empty or outside 0..100 (hint: LO < HI, e.g. --band 15:20)")
-    return lo, hi
 
 
 def check_request(n_stages: int, band: tuple[float, float] | None) -> None:

@@ -99,20 +99,6 @@ def _size(size) -> tuple[int, int]:
     return (int(size[0]), int(size[1]))
 
 
-def _merged_stage_names(specs: list[Spec]) -> list[str]:
-    """The union of stage names, each spec's order kept (a new name goes after its predecessor)."""
-    merged: list[str] = []
-    for spec in specs:
-        pos = 0
-        for name in spec.stage_names:
-            if name in merged:
-                pos = merged.index(name) + 1
-            else:
-                merged.insert(pos, name)
-                pos += 1
-    return merged
-
-
 @dataclass
 class _Column:
     spec: Spec
@@ -401,7 +387,9 @@ def render_arch_table(specs: list[Spec], fmt: str, standalone: bool = False, ops
     specs = list(specs)
     if not specs:
         raise UserError("no spec given (hint: name at least one spec, e.g. presnet50)")
-    rows = _merged_stage_names(specs)
+    from archspec.report.compare import merge_stage_names
+
+    rows = merge_stage_names(s.stage_names for s in specs)
     columns = _columns(specs, rows, ops)
     if fmt == "md":
         return _render_md(specs, rows, columns, ops)

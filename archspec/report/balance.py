@@ -20,28 +20,11 @@ from __future__ import annotations
 import math
 
 from archspec.errors import UserError
-from archspec.vocabulary import DEFAULT_MEASURE, bytes_unit, conventions_line, flops_prefix
+from archspec.vocabulary import DEFAULT_MEASURE, bytes_unit, conventions_line, default_band, flops_prefix
 
 SCHEMA = "archspec.balance/1"
 METRICS = ("flops", "memory", "params")
 BANDED = ("flops", "memory")  # the metrics a band constrains
-
-
-def default_band(n_stages: int) -> tuple[float, float]:
-    ideal = 100.0 / n_stages
-    return round(0.9 * ideal, 2), round(1.2 * ideal, 2)
-
-
-def parse_band(text: str) -> tuple[float, float]:
-    """``"15:20"`` -> (15.0, 20.0), with one-line errors for anything else."""
-    parts = str(text).split(":")
-    try:
-        lo, hi = (float(p) for p in parts)
-    except ValueError:
-        raise UserError(f"--band '{text}' is not LO:HI (hint: e.g. --band 15:20, in percent)") from None
-    if not (0 <= lo < hi <= 100) or math.isnan(lo) or math.isnan(hi):
-        raise UserError(f"--band '{text}' is empty or outside 0..100 (hint: LO < HI, e.g. --band 15:20)")
-    return lo, hi
 
 
 def _imbalance(shares: list[float]) -> dict:

@@ -10,20 +10,28 @@ from archspec.vocabulary import DEFAULT_MEASURE, bytes_unit, conventions_line, f
 SCHEMA = "archspec.compare/1"
 
 
-def stage_order(docs: list[dict]) -> list[str]:
-    """The union of the specs' stage names, each network's order kept (conv1, res2 ... res7, head)."""
+def merge_stage_names(name_lists) -> list[str]:
+    """The union of several networks' stage names, each network's order kept (conv1, res2 ... res7,
+    head): a name not yet placed goes right after the latest earlier stage of its own network already
+    placed, else right before the earliest later one, else at the end. So the first network's order
+    comes first wherever the order is free (conv1 before a second network's stem). The one merge
+    for every side-by-side table (compare, table)."""
     order: list[str] = []
-    for doc in docs:
-        names = [r["name"] for r in doc["stages"]]
+    for names in name_lists:
+        names = list(names)
         for i, name in enumerate(names):
             if name in order:
                 continue
-            # insert after the latest earlier stage of this network already placed
             before = [order.index(n) for n in names[:i] if n in order]
             after = [order.index(n) for n in names[i + 1:] if n in order]
             pos = max(before) + 1 if before else (min(after) if after else len(order))
             order.insert(pos, name)
     return order
+
+
+def stage_order(docs: list[dict]) -> list[str]:
+    """The merged stage names of several profile documents (see merge_stage_names)."""
+    return merge_stage_names([r["name"] for r in doc["stages"]] for doc in docs)
 
 
 def compare_docs(docs: list[dict], measure: str = DEFAULT_MEASURE) -> dict:

@@ -13,7 +13,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from archspec.errors import SpecError, UserError
+from archspec.errors import SpecError
+from archspec.vocabulary import format_bytes, parse_bytes
 
 METHODS = ("simclr", "gim", "loco")
 OPTIMIZERS = ("lars", "sgd", "adam")
@@ -372,27 +373,7 @@ def default_output(cfg: TrainConfig) -> Path:
     return Path("runs") / Path(cfg.source).stem
 
 
-# -- sizes ---------------------------------------------------------------------------------
-_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
-          "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
-
-
-def parse_bytes(text: str) -> int:
-    """``16GiB`` (2^30), ``16GB`` (10^9), ``512MiB``, ``1.5 GiB`` or a plain number of bytes."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-zA-Z]*)\s*", str(text))
-    if not m or m.group(2).lower() not in _UNITS:
-        raise UserError(f"cannot read the size '{text}' (hint: write e.g. 16GiB, 500MiB, 8GB or a number of bytes)")
-    value = float(m.group(1)) * _UNITS[m.group(2).lower()]
-    if value <= 0:
-        raise UserError(f"the size '{text}' must be above 0")
-    return int(value)
-
-
-def format_bytes(n: float) -> str:
-    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= size:
-            return f"{n / size:.2f} {unit}"
-    return f"{int(n)} B"
+# -- sizes: one parser and one format for every command (archspec.vocabulary) -------------------
 
 
 # -- validation ----------------------------------------------------------------------------
@@ -456,7 +437,7 @@ def validate_config(cfg: TrainConfig, memory_budget: int | str | None = None, ch
                                f"{channels} input channel(s)")
 
     groups = local_stages(spec)
-    labels = ["+".join(g) for g in groups]
+    labels = [ls.label for ls in spec.local_stages]
     on = labels[-1:] if cfg.method == "simclr" else labels
     decoders = {}
     for label, group in zip(labels, groups):
@@ -476,7 +457,7 @@ def validate_config(cfg: TrainConfig, memory_budget: int | str | None = None, ch
                    decoder=cfg.decoders.decoder_config(), weight_decay=cfg.optimizer.weight_decay,
                    exclude_bn_bias=cfg.optimizer.exclude_bn_bias).to_dict()
     memory = prof["training_memory"]["methods"][cfg.method]
-    budget = parse_bytes(memory_budget) if isinstance(memory_budget, str) else memory_budget
+    budget = parse_bytes(memory_budget, "--memory-budget") if isinstance(memory_budget, str) else memory_budget
     if budget is not None and memory["total"] > budget:
         from archspec.profiling.rank_memory import memory_hint
 
