@@ -103,3 +103,39 @@ def test_strided_conv_places_the_stride(block, downsample, strided):
         expected = [stride] + [1] * (len(strided) - 1)
     assert [c.stride for c in first.convs] == expected
     assert all(c.stride == 1 for c in second.convs)  # only the first block of the stage
+
+
+# -- one stage-name merge (issue 14, point 4) -------------------------------------------------------
+def test_compare_and_table_order_stages_alike():
+    """The same inputs give the same row order in compare and in table: conv1 (the first network's)
+    before the second's stem, each network's own order kept."""
+    from archspec.report.compare import merge_stage_names, stage_order
+
+    lists = [["conv1", "res2", "res3", "head"], ["stem", "res2", "res3", "res4", "head"]]
+    assert merge_stage_names(lists) == ["conv1", "stem", "res2", "res3", "res4", "head"]
+    docs = [{"stages": [{"name": n} for n in names]} for names in lists]
+    assert stage_order(docs) == merge_stage_names(lists)
+    assert merge_stage_names(reversed(lists)) == ["stem", "conv1", "res2", "res3", "res4", "head"]
+
+
+# -- local stages: a concept of the spec (issue 14, point 3) ----------------------------------------
+def test_local_stages_are_the_specs_with_its_labels():
+    import archspec
+    from archspec.spec import load_spec
+
+    spec = load_spec("presnet50")
+    assert [ls.label for ls in spec.local_stages][:2] == ["conv1+res2", "res3"]
+    assert spec.local_stages is spec.local_stages  # computed once
+    labelled = loads(_STAGE.format(block="basic [3x3, 8; 3x3, 8] x1", plain="basic [3x3, 8; 3x3, 8] x1",
+                                   downsample="strided_conv").replace("    blocks:", "    local_stage: first\n    blocks:"),
+                     "s.yaml")
+    assert [(ls.label, ls.stages) for ls in labelled.local_stages] == [("first", ("a",))]
+    prof = archspec.profile(spec, batch=2)
+    local = prof.local_stages()
+    assert [r.name for r in local] == [ls.label for ls in spec.local_stages]
+    assert sum(r.params for r in local) + prof.stages[-1].params == prof.total().params  # + the head
+    frame = prof.to_frame(local=True)
+    assert list(frame.index) == [ls.label for ls in spec.local_stages] + ["total"]
+    by_stage = prof.to_frame()
+    assert frame.loc["conv1+res2", "fwd_flops"] == by_stage.loc[["conv1", "res2"], "fwd_flops"].sum()
+    assert frame.loc["conv1+res2", "saved_bytes"] == by_stage.loc[["conv1", "res2"], "saved_bytes"].sum()

@@ -15,41 +15,15 @@ METHODS = ("simclr", "gim", "loco")
 
 
 def local_stages(spec: Spec) -> list[list[str]]:
-    """Stages as local learning groups them (one local loss and one pipeline worker each):
-    consecutive stages with the same ``local_stage`` label form one; otherwise leading
-    all-``conv`` stages (the stem) join the next stage, and every other stage is its own. A
-    network without residual blocks (VGG) has no stem to fold: every stage is its own."""
-    default: list[list[str]] = []
-    pending: list[str] = []
-    plain = not spec.has_residual_blocks
-    for stage in spec.stages:
-        pending.append(stage.name)
-        stem = not plain and all(g.kind == "conv" for g in stage.blocks) and not default
-        if not stem or stage is spec.stages[-1]:
-            default.append(pending)
-            pending = []
-    key = {name: ("default", i) for i, group in enumerate(default) for name in group}
-    for stage in spec.stages:
-        if stage.local_stage is not None:
-            key[stage.name] = ("label", stage.local_stage)
-    groups: list[list[str]] = []
-    for stage in spec.stages:
-        if groups and key[groups[-1][-1]] == key[stage.name]:
-            groups[-1].append(stage.name)
-        else:
-            groups.append([stage.name])
-    return groups
+    """The stage names of each local stage (``Spec.local_stages``, archspec/spec/local_stages.py)."""
+    return [list(ls.stages) for ls in spec.local_stages]
 
 
 def local_stage_name(spec: Spec | None, group) -> str:
-    """A local stage's name in every table: the spec's ``local_stage`` label when its stages carry
-    one (a split written by ``archspec split -o`` keeps ``stage2`` for stage2a + stage2b), else
-    its stages joined by '+' (``conv1+res2``)."""
-    if spec is not None:
-        labels = {s.local_stage for s in spec.stages if s.name in group}
-        if len(labels) == 1 and None not in labels:
-            return labels.pop()
-    return "+".join(group)
+    """A run of stages' name in every table (archspec.spec.local_stages.label)."""
+    from archspec.spec.local_stages import label
+
+    return label(spec, group)
 
 
 @dataclass

@@ -40,6 +40,15 @@ class StageProfile:
     activations: dict[str, int]  # bytes at the profile's batch, by measure
 
 
+def _summed(name: str, rows: list[StageProfile], output_shape) -> StageProfile:
+    """Several stages' rows as one (a local stage, the total)."""
+    def add(dicts):
+        return {k: sum(d[k] for d in dicts) for k in dicts[0]}
+
+    return StageProfile(name, output_shape, sum(r.params for r in rows), add([r.forward for r in rows]),
+                        add([r.backward for r in rows]), add([r.activations for r in rows]))
+
+
 @dataclass
 class Profile:
     """A per-stage profile of a spec, or of any nn.Module by named stages (``spec`` is None then,
@@ -73,13 +82,24 @@ class Profile:
         """The activation measures this profile has, with their definitions."""
         return {m: measure_text(m, self.spec) for m in self.stages[0].activations}
 
-    def to_frame(self):
-        """One row per stage and the total (pandas): params, MACs and FLOPs forward and backward
-        per image (the profile's ops), activation bytes per measure at the profile's batch."""
+    def local_stages(self) -> list[StageProfile]:
+        """One row per local stage (named by its label, Spec.local_stages): the sums of its stages'
+        rows, with the output shape of its last stage. The head is not in a local stage."""
+        by_name = {r.name: r for r in self.stages}
+        rows = []
+        for group in self.groups:
+            members = [by_name[n] for n in group if n in by_name]
+            rows.append(_summed(local_stage_name(self.spec, group), members, members[-1].output_shape))
+        return rows
+
+    def to_frame(self, local: bool = False):
+        """One row per stage (``local``: per local stage) and the total (pandas): params, MACs and
+        FLOPs forward and backward per image (the profile's ops), activation bytes per measure at the
+        profile's batch."""
         import pandas as pd
 
         rows = []
-        for row in self.stages + [self.total()]:
+        for row in (self.local_stages() if local else self.stages) + [self.total()]:
             fwd, bwd = self.macs(row), self.macs(row, backward=True)
             rows.append({"stage": row.name, "params": row.params, "fwd_macs": fwd, "fwd_flops": 2 * fwd,
                          "bwd_macs": bwd, "bwd_flops": 2 * bwd,
@@ -100,11 +120,7 @@ class Profile:
         return sum(counts[c] for c in self.ops)
 
     def total(self) -> StageProfile:
-        def add(dicts):
-            return {k: sum(d[k] for d in dicts) for k in dicts[0]}
-
-        return StageProfile("total", (), sum(r.params for r in self.stages), add([r.forward for r in self.stages]),
-                            add([r.backward for r in self.stages]), add([r.activations for r in self.stages]))
+        return _summed("total", self.stages, ())
 
     def to_dict(self) -> dict:
         total = self.total()

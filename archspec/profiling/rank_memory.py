@@ -70,13 +70,13 @@ def rank_peaks(spec: Spec, method: str, batch: int, dtype: torch.dtype = torch.f
     """The peak of one steady-state step of every rank, by local-stage label."""
     from archspec.nn.compiler import StagedNet
     from archspec.spec.validate import infer_shapes
-    from archspec.train.methods import build_decoders, build_method, group_label
+    from archspec.train.methods import build_decoders, build_method
     from archspec.train.optim import param_groups
     from archspec.train.schedule import LAG, Schedules
     from archspec.train.stale import stage_delays
 
     groups = local_stages(spec)
-    labels = [group_label(g) for g in groups]
+    labels = [ls.label for ls in spec.local_stages]
     shapes = {s.name: s for s in infer_shapes(spec)}
     io_shapes = [(tuple(shapes[g[0]].in_shape), tuple(shapes[g[-1]].out_shape)) for g in groups]
     delays = stage_delays(method, len(groups), schedule)

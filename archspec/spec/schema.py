@@ -143,6 +143,18 @@ class Spec:
         return [s.name for s in self.stages]
 
     @property
+    def local_stages(self):
+        """The local stages (label, stage names), archspec.spec.local_stages: the one grouping and
+        the one label of every table, log, checkpoint and command."""
+        from archspec.spec.local_stages import local_stages
+
+        cached = self.__dict__.get("_local_stages")
+        if cached is None:  # a frozen dataclass: computed once, kept outside the fields
+            cached = local_stages(self)
+            object.__setattr__(self, "_local_stages", cached)
+        return cached
+
+    @property
     def features(self) -> int:
         """Size of the representation: the last stage's channels after the head's pooling
         (times pool_size^2 when it pools to more than 1x1, as VGG's 7x7)."""

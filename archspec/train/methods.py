@@ -39,20 +39,16 @@ from archspec.train.precision import FULL
 METHODS = ("simclr", "gim", "loco")
 
 
-def group_label(group: list[str]) -> str:
-    return "+".join(group)
-
-
 def decoder_labels(spec, method: str) -> list[str]:
-    """Labels of the local stages that carry a decoder under ``method``."""
-    labels = [group_label(g) for g in local_stages(spec)]
+    """Labels of the local stages that carry a decoder under ``method`` (Spec.local_stages)."""
+    labels = [ls.label for ls in spec.local_stages]
     return labels[-1:] if method == "simclr" else labels
 
 
 def build_decoders(net: StagedNet, method: str, config: DecoderConfig = DecoderConfig()) -> nn.ModuleDict:
     """One :class:`Decoder` per local stage that has a loss under ``method``."""
     spec = net.spec
-    channels = {group_label(g): spec.stage(g[-1]).out_channels for g in local_stages(spec)}
+    channels = {ls.label: spec.stage(ls.last).out_channels for ls in spec.local_stages}
     device = next(net.parameters()).device
     return nn.ModuleDict({label: Decoder(channels[label], config) for label in decoder_labels(spec, method)}).to(device)
 
@@ -73,7 +69,7 @@ class Method:
         self.decoders = decoders
         self.temperature = temperature
         self.groups = local_stages(net.spec)
-        self.labels = [group_label(g) for g in self.groups]
+        self.labels = [ls.label for ls in net.spec.local_stages]
         self.contrast = nt_xent  # data parallel: the loss over every replica's rows (archspec.train.replicas)
         self.precision = FULL  # mixed precision: autocast and the stage borders (archspec.train.precision)
         self.loss_scale = 1.0  # float16: every loss is multiplied by it before its backward

@@ -22,7 +22,7 @@ def stage_plan(spec) -> tuple[list[list[str]], list[str], list[tuple[tuple, tupl
     groups = local_stages(spec)
     shapes = {s.name: s for s in infer_shapes(spec)}
     io_shapes = [(tuple(shapes[g[0]].in_shape), tuple(shapes[g[-1]].out_shape)) for g in groups]
-    return groups, ["+".join(g) for g in groups], io_shapes
+    return groups, [ls.label for ls in spec.local_stages], io_shapes
 
 
 def rank_device(name: str, local_rank: int, local_world: int) -> torch.device:
