@@ -86,6 +86,19 @@ def read_text_bounded(path, what: str = "file") -> str:
                          hint=f"a {what} is UTF-8 YAML; is this a binary file?") from None
 
 
+def read_file(path, what: str, error, missing_hint: str) -> str:
+    """read_text_bounded with every failure as ``error`` (SpecError, ConfigError): one located line."""
+    path = Path(path)
+    try:
+        return read_text_bounded(path, what)
+    except FileNotFoundError:
+        raise error(f"no such {what} file: {path}", hint=missing_hint) from None
+    except LimitError as err:
+        raise error(err.message, where=f"{path}:{err.line}" if err.line else str(path), hint=err.hint) from None
+    except OSError as exc:
+        raise error(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
 def check_yaml(text: str) -> None:
     """Refuse YAML too deep, with too many aliases, a recursive alias or too large once expanded,
     from the parser's events alone (linear in the text; no node is built). Syntax errors are left to
@@ -161,4 +174,4 @@ def _scan(events) -> None:
 
 
 __all__ = ["LimitError", "MAX_ALIASES", "MAX_BLOCKS", "MAX_DEPTH", "MAX_FILE_BYTES", "MAX_NODES", "MAX_STAGES",
-           "check_yaml", "file_kind", "read_text_bounded"]
+           "check_yaml", "file_kind", "read_file", "read_text_bounded"]

@@ -270,6 +270,22 @@ def test_a_rank_that_dies_stops_every_rank_with_one_line(tmp_path, monkeypatch):
     assert elapsed < 30, elapsed
 
 
+def test_a_bug_in_one_rank_names_the_rank_and_the_exception(tmp_path, monkeypatch):
+    """An exception that is not a UserError (a bug) in rank 1 at step 2: the run fails with one
+    line naming the rank and the exception, not "died without an error of its own", and the
+    traceback is kept in the run directory."""
+    monkeypatch.setenv("ARCHSPEC_TEST_KILL", "1:2:bug")
+    cfg = load_config(write_config(tmp_path, "gim", "sgd"))
+    with pytest.raises(UserError) as err:
+        train_distributed(cfg, tmp_path / "run", progress=False, deadline_s=TIMEOUT)
+    message = str(err.value)
+    assert "\n" not in message, message
+    assert message.startswith("rank 1 of 4 failed: RuntimeError: injected bug on rank 1 at step 2"), message
+    kept = tmp_path / "run" / "traceback-rank1.txt"
+    assert message.endswith(f"its traceback is in {kept})"), message
+    assert "Traceback (most recent call last)" in kept.read_text() and "injected_fault" in kept.read_text()
+
+
 @pytest.mark.parametrize("schedule", ["sync", "pipelined"])
 def test_ctrl_c_checkpoints_every_rank(tmp_path, schedule):
     """SIGINT to `archspec train --processes stage`: every rank stops at the same step, the

@@ -61,17 +61,24 @@ STAGES_OPTION = click.option("--stages", "module_stages", callback=stages_option
                                   "top-level children).")
 
 
+def _outputs(f):
+    """compare's and balance's output options, in their --help order: --format, -o, --standalone,
+    --plot, then --stages and --channels for module:callable targets."""
+    for option in reversed([
+        click.option("--format", "fmt", type=click.Choice(["table", "md", "tex", "csv", "json"]), default="table",
+                     show_default=True),
+        click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to FILE (atomically)."),
+        STANDALONE_OPTION, _plot_option(), STAGES_OPTION, channels_option(),
+    ]):
+        f = option(f)
+    return f
+
+
 @click.command()
 @click.argument("specs", nargs=-1, required=True, metavar="SPEC SPEC [SPEC...]")
 @_settings
 @measure_option(help_text="Activation-memory measure compared")
-@click.option("--format", "fmt", type=click.Choice(["table", "md", "tex", "csv", "json"]), default="table",
-              show_default=True)
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to FILE (atomically).")
-@STANDALONE_OPTION
-@_plot_option()
-@STAGES_OPTION
-@channels_option()
+@_outputs
 def compare(specs, batch, size, dtype, ops, measure, fmt, output, standalone, plot_stem, module_stages, channels):
     """Per-stage params, FLOPs and activation memory of several specs side by side, absolute and
     as shares, with totals (e.g. archspec compare presnet50 resnet50)."""
@@ -115,13 +122,7 @@ def _plot(profiles, measure, band, stem):
 @click.option("--check", is_flag=True, help="Exit 1 when any local stage's FLOPs or memory share is outside the band.")
 @_settings
 @measure_option(help_text="Activation-memory measure of the memory shares")
-@click.option("--format", "fmt", type=click.Choice(["table", "md", "tex", "csv", "json"]), default="table",
-              show_default=True)
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to FILE (atomically).")
-@STANDALONE_OPTION
-@_plot_option()
-@STAGES_OPTION
-@channels_option()
+@_outputs
 def balance(spec, band, check, batch, size, dtype, ops, measure, fmt, output, standalone, plot_stem, module_stages,
             channels):
     """Shares of FLOPs, memory and params per local stage, imbalance, the stages outside the

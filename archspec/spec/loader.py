@@ -349,12 +349,5 @@ def loads(text: str, source: str = "<spec>", default_name: str = "spec") -> Spec
 
 def load(path) -> Spec:
     path = Path(path)
-    try:
-        text = limits.read_text_bounded(path, "spec")
-    except FileNotFoundError:
-        raise SpecError(f"no such file: {path}", hint="give a path to a .yaml spec or a name from specs/") from None
-    except limits.LimitError as err:
-        raise _located(err, str(path)) from None
-    except OSError as exc:
-        raise SpecError(f"cannot read {path}: {exc.strerror or exc}") from None
+    text = limits.read_file(path, "spec", SpecError, "give a path to a .yaml spec or a name from specs/")
     return loads(text, source=str(path), default_name=path.stem)

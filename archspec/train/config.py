@@ -345,14 +345,7 @@ def load_config(path) -> TrainConfig:
     from archspec import limits
 
     path = Path(path)
-    try:
-        text = limits.read_text_bounded(path, "training config")
-    except FileNotFoundError:
-        raise ConfigError(f"no such config file: {path}", hint="give a path to a training config .yaml") from None
-    except limits.LimitError as err:
-        raise ConfigError(err.message, where=f"{path}:{err.line}" if err.line else str(path), hint=err.hint) from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
+    text = limits.read_file(path, "training config", ConfigError, "give a path to a training config .yaml")
     return loads_config(text, source=str(path), base=path.resolve().parent)
 
 

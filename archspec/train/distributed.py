@@ -117,6 +117,13 @@ def _spawned(index: int, world: int, init_method: str, cfg: TrainConfig, out: Pa
         kind = "lost" if getattr(err, "secondary", False) else "error"
         write_text_atomic(Path(talk) / f"{kind}-{index:04d}.json", json.dumps([str(err), err.exit_code]))
         code = err.exit_code
+    except Exception as exc:  # a bug: its traceback on stderr and to the parent, which keeps it
+        import traceback
+
+        traceback.print_exc()
+        line = "".join(traceback.format_exception_only(exc)).strip().splitlines()[-1]
+        write_text_atomic(Path(talk) / f"bug-{index:04d}.json", json.dumps([line, traceback.format_exc()]))
+        code = 1
     # Everything is written (rank 0 closed and renamed its files); skip the interpreter's
     # teardown, which takes about 2 s with torch loaded.
     sys.stdout.flush()
@@ -226,7 +233,7 @@ def train_distributed(cfg: TrainConfig, out: Path | str, *, max_steps: int | Non
                 raise UserError(f"the {world} processes did not finish within {deadline_s:g} s (hint: a rank is "
                                 f"stuck or the machine is overloaded)")
     except (tmp.ProcessRaisedException, tmp.ProcessExitedException) as exc:
-        raise _rank_failure(exc, context, talk, world) from None
+        raise _rank_failure(exc, context, talk, world, out) from None
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
@@ -235,7 +242,7 @@ def train_distributed(cfg: TrainConfig, out: Path | str, *, max_steps: int | Non
     return RunResult(summary["status"], summary["step"], summary["total_steps"], out, summary)
 
 
-def _rank_failure(exc, context, talk: str, world: int) -> UserError:
+def _rank_failure(exc, context, talk: str, world: int, out: Path) -> UserError:
     """The one line for a spawned run that failed: the lowest rank's own error; else the rank
     that died without one (killed, out of memory, a crash), the first that torch saw fail
     first; else a lost peer's line."""
@@ -247,6 +254,15 @@ def _rank_failure(exc, context, talk: str, world: int) -> UserError:
     reported = sorted(Path(talk).glob("error-*.json"))
     if reported:
         return _reported(reported[0])
+    bugs = sorted(Path(talk).glob("bug-*.json"))
+    if bugs:  # a rank's own exception, not a UserError: its line, and its traceback kept in the run
+        line, trace = json.loads(bugs[0].read_text())
+        rank = int(bugs[0].stem[4:])
+        kept = out / f"traceback-rank{rank}.txt"
+        out.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(kept, trace)
+        return UserError(f"rank {rank} of {world} failed: {line}; the other ranks were stopped "
+                         f"(hint: a bug; its traceback is in {kept})")
     codes = [p.exitcode for p in context.processes]
     said = lambda r: Path(talk, f"lost-{r:04d}.json").exists()  # noqa: E731
     if isinstance(exc, tmp.ProcessRaisedException):  # a bug: the exception's last line

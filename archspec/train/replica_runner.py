@@ -25,7 +25,7 @@ from archspec.errors import UserError
 from archspec.train.config import TrainConfig
 from archspec.train.loop import Runner, RunResult, check_run_dir
 from archspec.train.replicas import all_reduce_grads, convert_batchnorm, gathered_nt_xent, shard
-from archspec.train.transport import Messages
+from archspec.train.transport import Messages, raise_shared_error
 
 
 def check_batch(cfg: TrainConfig, replicas: int) -> None:
@@ -52,10 +52,7 @@ class ReplicaRunner(Messages, Runner):
             except UserError as err:
                 info = {"error": str(err), "exit_code": err.exit_code}
         info = self._broadcast(info)
-        if info["error"] is not None:
-            err = UserError(info["error"])
-            err.exit_code = info["exit_code"]
-            raise err
+        raise_shared_error(info)
         super().__init__(cfg, out, progress, device)  # the same seed: the same weights on every replica
         convert_batchnorm(self.model.net)
         convert_batchnorm(self.model.decoders)

@@ -33,7 +33,7 @@ from archspec.train.replicas import all_reduce_grads, convert_batchnorm, gathere
 from archspec.train.schedule import CHECKPOINT, DONE, INTERRUPTED, NOT_FINITE, Schedules, pipelined_outboxes
 from archspec.train.stage_checkpoint import StageCheckpoints
 from archspec.train.stale import stage_delays
-from archspec.train.transport import Messages, injected_fault
+from archspec.train.transport import Messages, injected_fault, raise_shared_error
 
 
 class StageRunner(StageCheckpoints, Schedules, Messages, Runner):
@@ -101,10 +101,7 @@ class StageRunner(StageCheckpoints, Schedules, Messages, Runner):
             except UserError as err:
                 info = {"error": str(err), "exit_code": err.exit_code}
         info = self._broadcast(info)
-        if info["error"] is not None:
-            err = UserError(info["error"])
-            err.exit_code = info["exit_code"]
-            raise err
+        raise_shared_error(info)
         if self.reader and rank != 0:  # another replica's first stage: its own rows of the data
             self.dataset = build_dataset(cfg.data.data_config(self.size), "train")
         self.steps_per_epoch = info["images"] // cfg.batch

@@ -19,6 +19,15 @@ import torch.distributed as dist
 from archspec.errors import UserError
 
 
+def raise_shared_error(info: dict) -> None:
+    """Every rank raises the error rank 0 found and broadcast in ``info`` (``error``, ``exit_code``), so
+    that all of them stop with the same one line."""
+    if info.get("error") is not None:
+        err = UserError(info["error"])
+        err.exit_code = info["exit_code"]
+        raise err
+
+
 def default_timeout_s() -> float:
     """Seconds a rank waits for a message or a collective before it fails: 600, or
     $ARCHSPEC_DIST_TIMEOUT. A peer that dies closes its sockets and is noticed at once; this
@@ -27,9 +36,13 @@ def default_timeout_s() -> float:
 
 
 def injected_fault(rank: int, step: int) -> None:
-    """For the tests of a rank that dies: $ARCHSPEC_TEST_KILL="RANK:STEP" kills rank RANK with
-    SIGKILL after its update of step STEP, as a crash or the OOM killer would."""
-    if os.environ.get("ARCHSPEC_TEST_KILL") == f"{rank}:{step}":
+    """For the tests of a rank that fails: $ARCHSPEC_TEST_KILL="RANK:STEP" kills rank RANK with
+    SIGKILL after its update of step STEP, as a crash or the OOM killer would; "RANK:STEP:bug"
+    raises a RuntimeError there instead, as a bug in the code would."""
+    setting = os.environ.get("ARCHSPEC_TEST_KILL", "")
+    if setting == f"{rank}:{step}:bug":
+        raise RuntimeError(f"injected bug on rank {rank} at step {step}")
+    if setting == f"{rank}:{step}":
         import signal
 
         os.kill(os.getpid(), signal.SIGKILL)
