@@ -1,6 +1,6 @@
 """How fast `archspec design` evaluates and finds designs.
 
-1. Candidates per second: the vectorised evaluator (``archspec.design.search.evaluate`` and
+1. Candidates per second: the vectorised evaluator (``archspec.design.evaluate.evaluate`` and
    ``score``, numpy, a whole population at once) against evaluating the same candidates one at a
    time with ``archspec.profiling.analytic.stage_counts`` on their specs (both exact, and equal).
 2. Time to find a 6-stage design with every local stage inside 15:20% (FLOPs and memory) under

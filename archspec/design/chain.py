@@ -33,10 +33,12 @@ import string
 from collections import OrderedDict
 from dataclasses import dataclass, replace
 
-from archspec.profiling.analytic import StageCounts, _block, pool_macs
-from archspec.profiling.table6 import TABLE6_OPS
+from archspec.profiling.analytic import OP_CLASSES, StageCounts
+from archspec.spec.kinds import KINDS
 from archspec.spec.schema import POOL_DOWNSAMPLES, BlockGroup, Conv, Downsample, Spec, Stage
-from archspec.spec.validate import conv_out, infer_shapes, pool_out
+from archspec.spec.validate import conv_out, pool_out
+from archspec.spec.walk import walk
+from archspec.vocabulary import TABLE6_OPS
 
 ENTRY_KINDS = POOL_DOWNSAMPLES + ("bilinear",)  # downsampling that runs before a stage's first block
 
@@ -121,51 +123,47 @@ class Chain:
 
 def build_chain(spec: Spec) -> Chain:
     """The chain of ``spec`` with the analytic costs of every block (no torch)."""
-    shapes = infer_shapes(spec)
     plain = not spec.has_residual_blocks  # no residual blocks (VGG): every conv block is a link, no stem
     stem_count = 0
     for stage in spec.stages[:-1] if not plain else ():
-        if all(g.kind == "conv" for g in stage.blocks):
+        if all(not KINDS[g.kind].residual for g in stage.blocks):
             stem_count += 1
         else:
             break
-    raw = []  # (piece, params, macs_by_op, in_shape, out_shape)
-    for si, (stage, shape) in enumerate(zip(spec.stages, shapes)):
-        c, h, w = shape.in_shape
-        number = 0
-        for gi, group in enumerate(stage.blocks):
-            for rep in range(group.repeat):
-                number += 1
-                counts = StageCounts(stage.name, plain=plain)
-                in_shape = (c, h, w)
-                ds = stage.downsample.kind if number == 1 and stage.downsample.kind in ENTRY_KINDS else "none"
-                if ds in POOL_DOWNSAMPLES:
-                    h, w = pool_out(h, stage.downsample.kernel, stage.downsample.stride), \
-                        pool_out(w, stage.downsample.kernel, stage.downsample.stride)
-                    counts.macs["pool"] += pool_macs(stage.downsample, c, h, w)
-                elif ds == "bilinear":
-                    h, w = stage.output_size
-                    counts.macs["interp"] += 4 * c * h * w
-                c, h, w = _block(counts, group, c, h, w, first=rep == 0)
-                piece = Piece(si, gi, rep, number, f"{stage.name}.{number}", ds,
-                              rep == 0 and any(cv.stride > 1 for cv in group.convs))
-                raw.append((piece, counts.params, dict(counts.macs), in_shape, (c, h, w),
-                            {"output": c * h * w, "conv_outputs": counts.conv_output_elems,
-                             "block_outputs": counts.block_output_elems}))
+    raw = []  # (piece, counts, in_shape) per block, its stage's entry downsampling in it
+    entry = None
+    for unit in walk(spec):
+        if unit.part == "entry":
+            entry = unit
+            continue
+        if unit.part == "head":
+            break
+        stage = spec.stages[unit.stage]
+        counts = StageCounts(stage.name)
+        in_shape = unit.shape_in
+        if entry is not None:
+            counts.add(entry)
+            in_shape, entry = entry.shape_in, None
+        counts.add(unit)
+        group = stage.blocks[unit.group]
+        ds = stage.downsample.kind if unit.number == 1 and stage.downsample.kind in ENTRY_KINDS else "none"
+        piece = Piece(unit.stage, unit.group, unit.repeat, unit.number, f"{stage.name}.{unit.number}", ds,
+                      unit.repeat == 0 and any(cv.stride > 1 for cv in group.convs))
+        raw.append((piece, counts, in_shape, unit.shape_out))
     stem_pieces = sum(1 for r in raw if r[0].stage < stem_count)
     if stem_pieces == len(raw):  # nothing after the stem: no folding
         stem_count, stem_pieces = 0, 0
     groups = [raw[: stem_pieces + 1]] + [[r] for r in raw[stem_pieces + 1:]]
     blocks = []
     for grp in groups:
-        macs = {op: sum(r[2][op] for r in grp) for op in grp[0][2]}
+        macs = {op: sum(r[1].macs[op] for r in grp) for op in OP_CLASSES}
         pieces = tuple(r[0] for r in grp)
         stem_names = list(dict.fromkeys(spec.stages[p.stage].name for p in pieces[:-1]))
         label = "+".join(stem_names + [pieces[-1].label])
-        elems = {"output": grp[-1][5]["output"],
-                 **{m: sum(r[5][m] for r in grp) for m in ("conv_outputs", "block_outputs")}}
-        blocks.append(Block(label, pieces, sum(r[1] for r in grp), sum(macs[o] for o in TABLE6_OPS), macs,
-                            grp[0][3], grp[-1][4], elems))
+        elems = {"output": grp[-1][1].output_elems, "conv_outputs": sum(r[1].conv_output_elems for r in grp),
+                 "block_outputs": sum(r[1].block_output_elems for r in grp)}
+        blocks.append(Block(label, pieces, sum(r[1].params for r in grp), sum(macs[o] for o in TABLE6_OPS), macs,
+                            grp[0][2], grp[-1][3], elems))
     return Chain(spec, tuple(blocks), tuple(s.name for s in spec.stages[:stem_count]))
 
 

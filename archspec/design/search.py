@@ -21,11 +21,11 @@ Objective, among designs inside the band and the budgets (lower is better)::
 
 so a design balanced to within a point that uses the budget beats a perfectly balanced toy.
 
-Search: ``evaluate`` counts a whole population in closed form with numpy (exactly what
-``archspec.profiling.analytic.stage_counts`` gives for the written spec; the tests hold them
-equal), then a (mu + lambda) evolutionary search from random designs: each generation mutates
-(small steps in 1-3 genes) and crosses over (stage-wise) the elite, and keeps the best distinct
-designs, ranked by band/budget violation first and J second. Fixed seed, fixed schedule: the
+Search: ``evaluate`` (archspec.design.evaluate) counts a whole population at once with numpy
+(exactly what ``archspec.profiling.analytic.stage_counts`` gives for the written spec; the
+tests hold them equal), then a (mu + lambda) evolutionary search from random designs: each
+generation mutates (small steps in 1-3 genes) and crosses over (stage-wise) the elite, and
+keeps the best distinct designs, ranked by band/budget violation first and J second. Fixed seed, fixed schedule: the
 result is reproducible unless ``time_limit`` cuts the search short.
 """
 from __future__ import annotations
@@ -39,10 +39,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from archspec.design import space as S
+from archspec.design.evaluate import DESIGN_OPS, Counts, check_counts, evaluate
 from archspec.errors import UserError
 from archspec.vocabulary import DEFAULT_OPS, default_band
 
-DESIGN_OPS = ("conv", "fc", "bn", "pool")  # the op classes the closed-form evaluator counts
 SLACK_WEIGHT = 5.0  # points of J per unused FLOP budget (0.5 points per 10%)
 DEFAULT_BUDGET_FLOPS = 8_200_000_000  # ResNet-50: 8.18 GFLOPs (2 x MACs) of conv, fc per image
 DEFAULT_BUDGET_PARAMS = 30_000_000  # ResNet-50: 25.6 M, PResNet-50: 25.0 M
@@ -105,81 +105,6 @@ def check_ops(ops) -> None:
     if other or "conv" not in ops:
         raise UserError(f"design counts FLOPs of some of {', '.join(DESIGN_OPS)}, conv among them; got "
                         f"--ops {','.join(ops)} (hint: e.g. --ops conv,fc or --ops conv,fc,bn,pool)")
-
-
-# ---------------------------------------------------------------------------------------------
-# the evaluator
-
-
-@dataclass
-class Counts:
-    """Per local stage (columns; the stem is in the first) and per candidate (rows), exact."""
-
-    conv: np.ndarray
-    bn: np.ndarray
-    pool: np.ndarray
-    params: np.ndarray
-    memory: np.ndarray  # residual block output elements
-    head_pool: np.ndarray
-    head_fc: np.ndarray
-    head_params: np.ndarray
-    ops: tuple = DEFAULT_OPS
-
-    @property
-    def flops(self) -> np.ndarray:
-        """MACs of the counted op classes per local stage (no fc outside the head)."""
-        return self.conv * ("conv" in self.ops) + self.bn * ("bn" in self.ops) + self.pool * ("pool" in self.ops)
-
-    @property
-    def total_macs(self) -> np.ndarray:
-        return (self.flops.sum(axis=1) + self.head_pool * ("pool" in self.ops)
-                + self.head_fc * ("fc" in self.ops))
-
-    @property
-    def total_params(self) -> np.ndarray:
-        return self.params.sum(axis=1) + self.head_params
-
-
-def evaluate(genes: np.ndarray, n_stages: int, ops=DEFAULT_OPS) -> Counts:
-    """Closed-form counts of every (repaired) row, as ``analytic.stage_counts`` counts its spec;
-    FLOPs of the op classes ``ops`` (some of DESIGN_OPS)."""
-    p = len(genes)
-    z = lambda: np.zeros((p, n_stages), dtype=np.int64)  # noqa: E731
-    conv, bn, pool, params, memory = z(), z(), z(), z(), z()
-    c0 = S.STEM_WIDTHS[genes[:, 0]]
-    a = S.STEM_SIZE ** 2
-    conv[:, 0] = c0 * a * 3 * 49  # conv 7x7, 3 -> C0, stride 2
-    bn[:, 0] = c0 * a
-    params[:, 0] = 3 * 49 * c0 + 2 * c0
-    pool[:, 0] = c0 * S.FIRST_SIZE ** 2 * 9  # max pool 3x3 into res2
-    cin = c0
-    prev = np.full(p, S.FIRST_SIZE, dtype=np.int64)
-    for i in range(n_stages):
-        v = genes[:, S.col(i, 0): S.col(i, 0) + S.NGENES]
-        s, ds, bott, d = v[:, S.SIZE], v[:, S.DS], v[:, S.KIND] == S.BOTTLENECK, v[:, S.DEPTH]
-        m = S.WIDTHS[v[:, S.WIDTH]]
-        c = m << v[:, S.RATIO]
-        g = 1 << v[:, S.GROUPS]
-        strided = ds == S.DS_STRIDED
-        area = s * s
-        area_in = np.where(strided, prev * prev, area)  # a bottleneck's first 1x1 runs before the stride
-        proj = strided | (cin != c)  # 1x1 conv + BN projection shortcut in the first block
-        cg, mg, ing = c // g, m // g, cin // g
-        # bottleneck [1x1, m, g; 3x3, m, g; 1x1, c] then [1x1, m, g; 3x3, m, g; 1x1, c, g] x (d - 1)
-        b_conv = m * area_in * ing + 9 * m * area * mg + c * area * m + (d - 1) * area * (m * cg + 9 * m * mg + c * mg)
-        b_bn = m * area_in + m * area + c * area + (d - 1) * area * (2 * m + c)
-        b_par = ing * m + 9 * m * mg + m * c + 4 * m + 2 * c + (d - 1) * (m * cg + 9 * m * mg + c * mg + 4 * m + 2 * c)
-        # basic [3x3, c, g; 3x3, c] then [3x3, c, g; 3x3, c, g] x (d - 1)
-        k_conv = 9 * c * area * (ing + c) + (d - 1) * 18 * c * area * cg
-        k_bn = 2 * c * area * d
-        k_par = 9 * c * (ing + c) + 4 * c + (d - 1) * (18 * c * cg + 4 * c)
-        conv[:, i] += np.where(bott, b_conv, k_conv) + proj * c * area * cin
-        bn[:, i] += np.where(bott, b_bn, k_bn) + proj * c * area
-        params[:, i] += np.where(bott, b_par, k_par) + proj * (cin * c + 2 * c)
-        memory[:, i] = d * c * area
-        cin, prev = c, s
-    return Counts(conv, bn, pool, params, memory, head_pool=cin * prev * prev, head_fc=cin * S.FC,
-                  head_params=cin * S.FC + S.FC, ops=tuple(ops))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -440,23 +365,6 @@ def render(result: Result) -> str:
     return "\n".join(line.rstrip() for line in lines) + "\n"
 
 
-def check_counts(spec, design: Design, ops=DEFAULT_OPS) -> None:
-    """The written spec counts exactly what the evaluator counted (an internal check)."""
-    from archspec.profiling.analytic import stage_counts
-    from archspec.profiling.memory import local_stages
-
-    counts = evaluate(design.row[None, :], design.n_stages, ops)
-    analytic = stage_counts(spec)
-    groups = local_stages(spec)
-    got = [[sum(analytic[n].macs[o] for n in g for o in ops) for g in groups],
-           [sum(analytic[n].block_output_elems for n in g) for g in groups],
-           [sum(analytic[n].params for n in g) for g in groups], sum(c.params for c in analytic.values())]
-    want = [counts.flops[0].tolist(), counts.memory[0].tolist(), counts.params[0].tolist(),
-            int(counts.total_params[0])]
-    if got != want:  # pragma: no cover - a bug in evaluate or to_spec
-        raise RuntimeError(f"design evaluator and analytic counts disagree for {spec.name}: {got} != {want}")
-
-
 def spec_text(result: Result, command: str, output: str | None = None) -> str:
     """The best design as spec YAML: title and notes say how it was made and what it costs."""
     from pathlib import Path
@@ -479,6 +387,6 @@ def spec_text(result: Result, command: str, output: str | None = None) -> str:
              + (" (cut off by the time limit: a rerun may differ)" if result.cut_off else "") + ".")
     text = dumps(d.spec(name=name, title=title, notes=notes))
     spec = loads(text, source=output or "<design>")
-    check_counts(spec, d, result.ops)
+    check_counts(spec, d.row, d.n_stages, result.ops)
     header = f"# {title}.\n# {command}\n"
     return header + text

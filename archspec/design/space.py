@@ -182,6 +182,7 @@ def describe(row: np.ndarray, n_stages: int) -> list[dict]:
 
 def to_spec(row: np.ndarray, n_stages: int, name: str = "design", title: str = "", notes: str = ""):
     """The Spec of one (repaired) row."""
+    from archspec.design.evaluate import stage_convs
     from archspec.spec.schema import BlockGroup, Conv, Downsample, Head, Spec, Stage
 
     stem, *stages = describe(row, n_stages)
@@ -191,12 +192,7 @@ def to_spec(row: np.ndarray, n_stages: int, name: str = "design", title: str = "
         ds = {"maxpool 3x3, stride 2": Downsample("maxpool", 3, 2)}.get(st["downsample"], Downsample(st["downsample"]))
         stride = 2 if st["downsample"] == "strided_conv" else 1
         m, c, g, d = st["width"], st["out"], st["groups"], st["depth"]
-        if st["kind"] == "bottleneck":
-            first = (Conv(1, m, g), Conv(3, m, g, stride), Conv(1, c))
-            rest = (Conv(1, m, g), Conv(3, m, g), Conv(1, c, g))
-        else:
-            first = (Conv(3, c, g, stride), Conv(3, c))
-            rest = (Conv(3, c, g), Conv(3, c, g))
+        first, rest = stage_convs(st["kind"], m, c, g, stride)
         if g == 1 or d == 1:  # one line: a stride acts in the first block only
             groups = (BlockGroup(st["kind"], first, d),)
         else:

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from archspec.spec.kinds import kind_of, se_channels
 from archspec.spec.schema import BlockGroup, Conv, Downsample, Head
 from archspec.spec.validate import conv_out
 
@@ -31,11 +32,6 @@ class ConvBN(nn.Sequential):
         if act is not None:
             layers.append(("relu" if act == "relu" else "act", activation(act)))
         super().__init__(OrderedDict(layers))
-
-
-def se_channels(channels: int, ratio: float) -> int:
-    """Squeeze-excitation's bottleneck width: max(1, int(channels x ratio))."""
-    return max(1, int(channels * ratio))
 
 
 class SqueezeExcite(nn.Module):
@@ -110,7 +106,7 @@ class ResidualBlock(nn.Module):
 
     def __init__(self, cin: int, group: BlockGroup, first: bool, size: tuple[int, int] | None = None):
         super().__init__()
-        se_after = len(group.convs) - 1 if group.se is not None else None
+        se_after = kind_of(group).se_after(len(group.convs)) if group.se is not None else None
         self.main, c, stride, hw = _main_path(cin, group, first, size, se_after)
         resized = stride != 1 if size is None else hw != tuple(size)
         if cin != c or resized:
@@ -130,7 +126,7 @@ class InvertedResidual(nn.Module):
 
     def __init__(self, cin: int, group: BlockGroup, first: bool, size: tuple[int, int] | None = None):
         super().__init__()
-        se_after = len(group.convs) - 2 if group.se is not None else None
+        se_after = kind_of(group).se_after(len(group.convs)) if group.se is not None else None
         self.main, c, stride, hw = _main_path(cin, group, first, size, se_after)
         self.residual = cin == c and (stride == 1 if size is None else hw == tuple(size))
 
@@ -162,12 +158,9 @@ def downsample_module(ds: Downsample, output_size) -> nn.Module | None:
     return None  # 'none', or a strided conv that lives inside the first block
 
 
-BLOCK_MODULES = {"conv": ConvChain, "basic": ResidualBlock, "bottleneck": ResidualBlock,
-                 "inverted": InvertedResidual}
-
-
 def block_module(group: BlockGroup, cin: int, first: bool, size: tuple[int, int] | None = None) -> nn.Module:
-    return BLOCK_MODULES[group.kind](cin, group, first, size)
+    """The module of one block of ``group``, its class as the block kind registers it (archspec.spec.kinds)."""
+    return kind_of(group).module_class()(cin, group, first, size)
 
 
 class PoolHead(nn.Module):

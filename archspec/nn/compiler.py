@@ -10,34 +10,23 @@ from torch import nn
 
 from archspec.errors import SpecError
 from archspec.nn.blocks import PoolHead, block_module, downsample_module
-from archspec.spec.schema import POOL_DOWNSAMPLES, Spec, Stage
-from archspec.spec.validate import conv_out, infer_shapes, pool_out
+from archspec.spec.schema import Spec, Stage
+from archspec.spec.walk import walk
 
 
-def build_stage(stage: Stage, in_shape: tuple[int, int, int]) -> nn.Sequential:
-    """Downsampling first (``pool`` or ``resize``), then ``block1``, ``block2``, ...
-
-    ``in_shape`` is the (channels, height, width) entering the stage; blocks are told the size
-    that enters them (a residual block's shortcut is a projection where the size changes)."""
-    cin, h, w = in_shape
+def build_stage(stage: Stage, units) -> nn.Sequential:
+    """One stage from its units of the layer walk (archspec.spec.walk): the downsampling first
+    (``pool`` or ``resize``), then ``block1``, ``block2``, ...; every block is told the shape that
+    enters it (a residual block's shortcut is a projection where the shape changes)."""
     layers: dict[str, nn.Module] = {}
-    ds = stage.downsample
-    down = downsample_module(ds, stage.output_size)
-    if down is not None:
-        layers["resize" if ds.kind == "bilinear" else "pool"] = down
-    if ds.kind in POOL_DOWNSAMPLES:
-        h, w = pool_out(h, ds.kernel, ds.stride), pool_out(w, ds.kernel, ds.stride)
-    elif ds.kind == "bilinear":
-        h, w = stage.output_size
-    n = 0
-    for group in stage.blocks:
-        for rep in range(group.repeat):
-            n += 1
-            layers[f"block{n}"] = block_module(group, cin, first=rep == 0, size=(h, w))
-            cin = group.out_channels
-            if rep == 0:  # strides act in the first block of a group only
-                for conv in group.convs:
-                    h, w = conv_out(h, conv.kernel, conv.stride), conv_out(w, conv.kernel, conv.stride)
+    for unit in units:
+        if unit.part == "entry":
+            ds = stage.downsample
+            layers["resize" if ds.kind == "bilinear" else "pool"] = downsample_module(ds, stage.output_size)
+        else:
+            cin, h, w = unit.shape_in
+            layers[f"block{unit.number}"] = block_module(stage.blocks[unit.group], cin, first=unit.repeat == 0,
+                                                         size=(h, w))
     return nn.Sequential(OrderedDict(layers))
 
 
@@ -51,13 +40,15 @@ class StagedNet(nn.Module):
     def __init__(self, spec: Spec):
         super().__init__()
         self.spec = spec
-        shapes = infer_shapes(spec)
+        units: dict[str, list] = {name: [] for name in spec.stage_names}
+        for unit in walk(spec):  # the spec validated first: no stage name clashes with the module's
+            units.setdefault(unit.name, []).append(unit)
         self.stage_names: list[str] = list(spec.stage_names)
-        for stage, shape in zip(spec.stages, shapes):  # infer_shapes refused names that clash
-            self.add_module(stage.name, build_stage(stage, shape.in_shape))
+        for stage in spec.stages:
+            self.add_module(stage.name, build_stage(stage, units[stage.name]))
         self.head = PoolHead(spec.head, spec.features)
         # (channels, height, width) each stage must produce, checked by check_shapes().
-        self.expected_shapes = OrderedDict((s.name, s.out_shape) for s in shapes)
+        self.expected_shapes = OrderedDict((name, units[name][-1].shape_out) for name in self.stage_names)
 
     @property
     def stages(self) -> "OrderedDict[str, nn.Module]":

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from archspec.errors import UserError
 from archspec.report.latex import LINE_PT, TeX, document, escape, table_float, tabular_width, text_width
 from archspec.profiling.analytic import OP_CLASSES
+from archspec.spec.kinds import KINDS
 from archspec.spec.notation import block_options, format_conv
 from archspec.spec.schema import POOL_DOWNSAMPLES, Conv, Spec
 from archspec.vocabulary import DEFAULT_OPS, conventions_line
@@ -67,11 +68,12 @@ def _stage_lines(stage) -> list:
         h, w = stage.output_size
         lines.append(Text(f"bilinear to {h}x{w}"))
     for group in stage.blocks:
-        options = (("inverted",) if group.kind == "inverted" else ()) + tuple(block_options(group))
-        if group.kind == "conv" and group.repeat == 1 and not options:
+        kind = KINDS[group.kind]
+        options = ((kind.table_word,) if kind.table_word else ()) + tuple(block_options(group))
+        if not kind.residual and group.repeat == 1 and not options:
             lines.extend(Text(format_conv(c, "x"), conv=c) for c in group.convs)
         else:
-            lines.append(Bracket(tuple(group.convs), group.repeat, residual=group.kind != "conv", options=options))
+            lines.append(Bracket(tuple(group.convs), group.repeat, residual=kind.residual, options=options))
     return lines
 
 
@@ -176,11 +178,9 @@ def _option_notes(specs: list[Spec]) -> str:
     groups = [g for s in specs for st in s.stages for g in st.blocks]
     convs = [c for g in groups for c in g.convs]
     notes = []
-    if any(g.kind == "conv" and (g.repeat != 1 or block_options(g)) for g in groups):  # as _stage_lines draws
+    if any(not KINDS[g.kind].residual and (g.repeat != 1 or block_options(g)) for g in groups):  # as drawn
         notes.append("Parentheses: plain conv-BN-activation layers, no shortcut.")
-    if any(g.kind == "inverted" for g in groups):
-        notes.append("'inverted': MobileNetV2's inverted residual (expansion 1x1, depthwise, linear 1x1 projection; "
-                     "the input is added only where the block keeps its shape, with no activation after it).")
+    notes += [kind.table_note for kind in KINDS.values() if kind.table_note and any(g.kind == kind.name for g in groups)]
     if any(c.depthwise for c in convs):
         notes.append("'dw': depthwise (as many groups as channels).")
     if any(c.bias for c in convs):

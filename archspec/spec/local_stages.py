@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from archspec.spec.kinds import KINDS
+
 
 @dataclass(frozen=True)
 class LocalStage:
@@ -32,7 +34,7 @@ def group(spec) -> list[list[str]]:
     plain = not spec.has_residual_blocks
     for stage in spec.stages:
         pending.append(stage.name)
-        stem = not plain and all(g.kind == "conv" for g in stage.blocks) and not default
+        stem = not plain and all(not KINDS[g.kind].residual for g in stage.blocks) and not default
         if not stem or stage is spec.stages[-1]:
             default.append(pending)
             pending = []

@@ -9,12 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-BLOCK_KINDS = ("conv", "basic", "bottleneck", "inverted")
-# How many convs a block of each kind has (a tuple: any of these; None: any positive number).
-CONVS_PER_BLOCK = {"conv": None, "basic": (2,), "bottleneck": (3,), "inverted": (2, 3)}
-# Blocks with a shortcut: basic and bottleneck always (identity, projection or zero-pad);
-# inverted (MobileNetV2) only where the block keeps its shape.
-RESIDUAL_KINDS = ("basic", "bottleneck", "inverted")
+from archspec.spec.kinds import KINDS
+
+BLOCK_KINDS = tuple(KINDS)  # the built-in kinds; archspec.spec.kinds.KINDS holds every registered one
 ACTIVATIONS = ("relu", "relu6", "silu", "gelu", "hardswish")
 SHORTCUT_KINDS = ("projection", "pad")  # where shape changes: 1x1 conv + BN, or option A (subsample, zero-pad)
 DOWNSAMPLE_KINDS = ("none", "maxpool", "avgpool", "strided_conv", "bilinear")
@@ -164,7 +161,7 @@ class Spec:
     def has_residual_blocks(self) -> bool:
         """False for plain CNNs (VGG): then the block-output memory measure and the split chain
         use every conv block instead of residual blocks."""
-        return any(g.kind in RESIDUAL_KINDS for s in self.stages for g in s.blocks)
+        return any(KINDS[g.kind].residual for s in self.stages for g in s.blocks)
 
     def stage(self, name: str) -> Stage:
         for s in self.stages:

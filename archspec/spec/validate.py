@@ -10,8 +10,9 @@ import re
 from dataclasses import dataclass
 
 from archspec.errors import SpecError
+from archspec.spec.kinds import KINDS
 from archspec.spec.notation import format_size
-from archspec.spec.schema import (ACTIVATIONS, BLOCK_KINDS, CONVS_PER_BLOCK, DOWNSAMPLE_KINDS, POOL_DOWNSAMPLES,
+from archspec.spec.schema import (ACTIVATIONS, DOWNSAMPLE_KINDS, POOL_DOWNSAMPLES,
                                   POOL_KINDS, SHORTCUT_KINDS, BlockGroup, Spec)
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -131,17 +132,17 @@ def infer_shapes(spec: Spec) -> list[StageShape]:
         for bi, group in enumerate(stage.blocks):
             bpath = spath + ("blocks", bi)
             bwhat = f"{what} block {bi + 1}"
-            if group.kind not in BLOCK_KINDS:
+            if group.kind not in KINDS:
                 raise SpecError(f"unknown block kind '{group.kind}'", what=bwhat, path=bpath,
-                                hint=f"use one of: {', '.join(BLOCK_KINDS)}")
+                                hint=f"use one of: {', '.join(KINDS)}")
             _positive(group.repeat, bwhat, bpath + ("repeat",), "repeat count")
-            need = CONVS_PER_BLOCK[group.kind]
+            kind = KINDS[group.kind]
+            need = kind.convs
             if not group.convs or (need is not None and len(group.convs) not in need):
                 count = " or ".join(map(str, need)) if need else "at least 1"
                 raise SpecError(f"a {group.kind} block has {count} convs, this one has "
                                 f"{len(group.convs)}", what=bwhat, path=bpath + ("convs",),
-                                hint="basic: [3x3; 3x3], bottleneck: [1x1; 3x3; 1x1], "
-                                     "inverted: [1x1; 3x3, dw; 1x1] or [3x3, dw; 1x1]")
+                                hint=", ".join(k.conv_hint for k in KINDS.values() if k.conv_hint))
             _check_options(group, bwhat, bpath)
             for rep in range(group.repeat if group.repeat <= 2 else 2):  # repeats >1 all look alike
                 cin = c
@@ -150,8 +151,8 @@ def infer_shapes(spec: Spec) -> list[StageShape]:
                     cwhat = f"{bwhat} conv {ki + 1}"
                     for label in ("kernel", "channels", "groups", "stride"):
                         _positive(getattr(conv, label), cwhat, cpath, label)
-                    if group.kind == "inverted":
-                        _check_inverted(group, ki, cin, cwhat, cpath)
+                    if kind.check_conv is not None:
+                        kind.check_conv(group, ki, cin, cwhat, cpath)
                     if conv.kernel % 2 == 0:
                         raise SpecError(f"kernel {conv.kernel}x{conv.kernel} has an even size", what=cwhat,
                                         path=cpath, hint="use an odd kernel (1x1, 3x3, 5x5, 7x7)")
@@ -167,7 +168,7 @@ def infer_shapes(spec: Spec) -> list[StageShape]:
                         raise SpecError("the feature map shrinks to nothing", what=cwhat, path=cpath,
                                         hint="use fewer strides or a larger input")
                     cin = conv.channels
-                if group.kind in ("basic", "bottleneck") and group.shortcut == "pad" and cin < c:
+                if kind.chooses_shortcut and group.shortcut == "pad" and cin < c:
                     raise SpecError(f"a zero-pad shortcut cannot shrink {c} channels to {cin}", what=bwhat,
                                     path=bpath, hint="use the default projection shortcut, or widen the block")
                 c = cin
@@ -227,22 +228,11 @@ def _check_options(group: BlockGroup, what: str, path: tuple) -> None:
     if group.shortcut not in SHORTCUT_KINDS:
         raise SpecError(f"unknown shortcut '{group.shortcut}'", what=what, path=path,
                         hint=f"use one of: {', '.join(SHORTCUT_KINDS)}")
-    if group.shortcut != "projection" and group.kind not in ("basic", "bottleneck"):
+    if group.shortcut != "projection" and not KINDS[group.kind].chooses_shortcut:
         raise SpecError(f"{group.kind} blocks have no shortcut to choose", what=what, path=path,
                         hint="'shortcut: pad' is for basic and bottleneck blocks")
     if group.se is not None and not (isinstance(group.se, (int, float)) and 0 < group.se <= 1):
         raise SpecError(f"se must be a ratio in (0, 1], got {group.se!r}", what=what, path=path, hint="e.g. se: 0.25")
-
-
-def _check_inverted(group: BlockGroup, index: int, cin: int, what: str, path: tuple) -> None:
-    """[expand 1x1;] depthwise kxk (groups = channels = what enters it); linear 1x1."""
-    conv, n = group.convs[index], len(group.convs)
-    if index == n - 2 and not (conv.groups == conv.channels == cin):
-        raise SpecError("the second-last conv of an inverted block must be depthwise, with as many channels "
-                        f"as enter it ({cin})", what=what, path=path, hint=f"write it as 'KxK, {cin}, dw'")
-    if index != n - 2 and conv.kernel != 1:
-        raise SpecError(f"an inverted block's expansion and projection convs are 1x1, this one is "
-                        f"{conv.kernel}x{conv.kernel}", what=what, path=path, hint="make it 1x1")
 
 
 def _divisors_hint(n: int) -> str:
