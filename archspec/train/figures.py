@@ -13,14 +13,10 @@ give the ``Figure`` itself.
 """
 from __future__ import annotations
 
-import io
 import math
-import os
 from pathlib import Path
 
 import numpy as np
-
-from archspec.io import write_bytes_atomic
 
 LOSS_PREFIX = "loss/"
 
@@ -32,25 +28,13 @@ def _outputs(out) -> tuple[Path, Path]:
 
 
 def _save(fig, out) -> list[Path]:
-    from archspec.report.plots import paper_style
-
-    png, pdf = _outputs(out)
+    """``out``.png and ``out``.pdf, by the one figure writer (archspec.report.plots.save_figure)."""
     from archspec.io import make_dir
+    from archspec.report.plots import save_figure
 
+    png, _ = _outputs(out)
     make_dir(png.parent)
-    for path, fmt, extra in ((png, "png", {"dpi": 150}), (pdf, "pdf", {"metadata": {"CreationDate": None}})):
-        buf = io.BytesIO()
-        with paper_style():
-            fig.savefig(buf, format=fmt, **extra)  # at the figure's size: no tight cropping
-        write_bytes_atomic(path, buf.getvalue())
-        os.chmod(path, 0o666 & ~_umask())  # mkstemp's 0600 -> what a plain open() would give
-    return [png, pdf]
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    return save_figure(fig, png.with_suffix(""))
 
 
 def ema(values, smoothing: float) -> np.ndarray:
