@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from archspec.errors import UserError
+from archspec.errors import UserError, did_you_mean
 
 _REF = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
@@ -180,7 +180,6 @@ def load_module(ref: str):
     """The nn.Module that ``"package.module:attribute"`` names: an nn.Module instance, or a
     zero-argument callable (a builder function, an nn.Module class) returning one. The current
     directory is importable, as under ``python -m``. Every failure is one UserError line."""
-    import difflib
     import importlib
     import os
     import sys
@@ -209,8 +208,7 @@ def load_module(ref: str):
             obj = getattr(obj, part)
         except AttributeError:
             names = [n for n in dir(obj) if not n.startswith("_")]
-            close = difflib.get_close_matches(part, names, n=1)
-            hint = f"did you mean '{close[0]}'?" if close else "give a module-level nn.Module or builder function"
+            hint = did_you_mean(part, names, "give a module-level nn.Module or builder function")
             raise UserError(f"'{where}' has no attribute '{part}' (hint: {hint})") from None
         except Exception as exc:
             raise UserError(f"reading {where}.{part} failed: {_one_line(exc)}") from None

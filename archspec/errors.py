@@ -16,6 +16,15 @@ def one_line(text: str) -> str:
     return re.sub(rf"\S{{{LONG_WORD + 1},}}", _clip, " ".join(text.split()))
 
 
+def did_you_mean(value, choices, otherwise: str | None) -> str | None:
+    """The hint for an unknown name: the closest of ``choices`` ("did you mean 'res3'?"), else
+    ``otherwise`` (e.g. the list of what is allowed)."""
+    import difflib
+
+    close = difflib.get_close_matches(str(value), list(choices), n=1)
+    return f"did you mean '{close[0]}'?" if close else otherwise
+
+
 class UserError(Exception):
     """Bad input from the user: printed as one line, never as a traceback."""
 

@@ -1,14 +1,13 @@
 """``archspec split``: cut a spec's chain of blocks into K balanced stages (docs/design.md)."""
 from __future__ import annotations
 
-import difflib
 
 import click
 
 from archspec.commands.common import SPEC_ARG, measure_option, ops_option, size_option_callback
 from archspec.commands.targets import (DEFAULT_MODULE_SIZE, channels_option, is_module_ref, load_module,
                                       stages_option_callback)
-from archspec.errors import UserError
+from archspec.errors import UserError, did_you_mean
 from archspec.vocabulary import conventions_line, flops_prefix, format_bytes, parse_bytes
 
 BY = ("flops", "memory", "params", "time", "mix")
@@ -86,8 +85,7 @@ def split(spec, stages, by, memory_cap, ops, measure, batch, optimizer, time_bat
     head left out. Costs and conventions: docs/design.md.
     """
     if by not in BY:
-        close = difflib.get_close_matches(str(by), BY, n=1)
-        hint = f"did you mean '{close[0]}'?" if close else f"use one of {', '.join(BY)}"
+        hint = did_you_mean(by, BY, f"use one of {', '.join(BY)}")
         raise UserError(f"unknown --by '{by}' (hint: {hint})")
     if stages < 1:
         raise UserError(f"--stages must be at least 1, got {stages}")

@@ -8,7 +8,6 @@ top level) are reported in an ``unattributed`` row, never credited to a neighbou
 """
 from __future__ import annotations
 
-import difflib
 import math
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
@@ -16,7 +15,7 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import nn
 
-from archspec.errors import UserError
+from archspec.errors import UserError, did_you_mean
 from archspec.profiling.profiler import (DEFAULT_OPS, DTYPES, Profile, StageProfile, check_settings, is_size_overflow,
                                         size_overflow_as_error, size_overflow_error)
 from archspec.profiling.traced import UNATTRIBUTED, trace
@@ -68,9 +67,8 @@ def resolve_stages(model: nn.Module, stages=None) -> "OrderedDict[str, nn.Module
             try:
                 module = model.get_submodule(name)
             except AttributeError:
-                close = difflib.get_close_matches(name, known, n=1)
-                hint = f"did you mean '{close[0]}'?" if close else \
-                    f"top-level children: {', '.join(n for n, _ in model.named_children()) or 'none'}"
+                hint = did_you_mean(name, known, "top-level children: "
+                                    f"{', '.join(n for n, _ in model.named_children()) or 'none'}")
                 raise UserError(f"{type(model).__name__} has no submodule '{name}' (hint: {hint})") from None
         if not isinstance(module, nn.Module):
             raise UserError(f"stage '{name}' is not an nn.Module")

@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from pathlib import Path
 
 import yaml
 
 from archspec import limits
-from archspec.errors import SpecError
+from archspec.errors import SpecError, did_you_mean
 from archspec.spec import notation
 from archspec.spec.schema import (ACTIVATIONS, POOL_DOWNSAMPLES, SHORTCUT_KINDS, BlockGroup, Conv, Downsample,
                                   Head, Spec, Stage)
@@ -122,8 +121,7 @@ class _Builder:
                             path=path)
         for key in data:
             if key not in allowed:
-                close = difflib.get_close_matches(key, allowed, n=1)
-                hint = f"did you mean '{close[0]}'?" if close else f"allowed keys: {', '.join(allowed)}"
+                hint = did_you_mean(key, allowed, f"allowed keys: {', '.join(allowed)}")
                 raise SpecError(f"unknown key '{key}' in {what}", path=path + (key,), hint=hint)
         for key in required:
             if key not in data:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 
-from archspec.errors import SpecError
+from archspec.errors import SpecError, did_you_mean
 from archspec.spec.kinds import KINDS
 from archspec.spec.schema import (ACTIVATIONS, DOWNSAMPLE_KINDS, POOL_DOWNSAMPLES, SHORTCUT_KINDS,
                                   BlockGroup, Conv, Downsample)
@@ -139,13 +139,10 @@ def format_conv(conv: Conv, times: str = "x") -> str:
 
 
 def check_kind(kind, hint_kinds=None, what="block kind") -> str:
-    import difflib
-
     hint_kinds = list(KINDS) if hint_kinds is None else hint_kinds  # the registered kinds, now
     if kind not in hint_kinds:
-        close = difflib.get_close_matches(str(kind), hint_kinds, n=1)
-        hint = f"did you mean '{close[0]}'?" if close else f"use one of: {', '.join(hint_kinds)}"
-        raise SpecError(f"unknown {what} '{kind}'", hint=hint)
+        raise SpecError(f"unknown {what} '{kind}'", hint=did_you_mean(kind, hint_kinds,
+                                                                      f"use one of: {', '.join(hint_kinds)}"))
     return kind
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from archspec.errors import SpecError
+from archspec.errors import SpecError, did_you_mean
 
 
 def spec_dirs() -> list[Path]:
@@ -49,11 +49,8 @@ def resolve(name_or_path: str) -> Path:
         candidate = d / f"{name_or_path}.yaml"
         if candidate.is_file():
             return candidate
-    import difflib
-
     names = available()
-    close = difflib.get_close_matches(name_or_path, names, n=1)
-    hint = f"did you mean '{close[0]}'?" if close else f"known specs: {', '.join(names)}; or give a path"
+    hint = did_you_mean(name_or_path, names, f"known specs: {', '.join(names)}; or give a path")
     raise SpecError(f"unknown spec '{name_or_path}'", hint=hint)
 
 
