@@ -15,6 +15,8 @@ import archspec
 from archspec.cli import main
 from archspec.errors import UserError
 
+from .conftest import run_cli
+
 
 class Block(nn.Module):
     def __init__(self, cin, cout, stride):
@@ -65,7 +67,7 @@ def test_import_is_cheap():
 
 def test_spec_profile_equals_the_cli_document():
     prof = archspec.profile("resnet18", batch=2)
-    result = CliRunner().invoke(main, ["profile", "resnet18", "--batch", "2", "--format", "json"])
+    result = run_cli("profile", "resnet18", "--batch", "2", "--format", "json")
     assert result.exit_code == 0, result.output
     assert json.loads(prof.to_json()) == json.loads(result.output)
     assert archspec.profile(archspec.load("resnet18"), input_size=(3, 224, 224), batch=2).to_dict() == prof.to_dict()
@@ -186,7 +188,7 @@ def test_balance_and_split_on_a_module_profile():
 def test_split_of_a_spec_profile_is_the_cli_split():
     prof = archspec.profile("resnet18", batch=2)
     best = archspec.split(prof, 3)
-    result = CliRunner().invoke(main, ["split", "resnet18", "--stages", "3"])
+    result = run_cli("split", "resnet18", "--stages", "3")
     assert result.exit_code == 0, result.output
     row = next(line for line in result.output.splitlines() if line.startswith("│ stage1 "))
     assert best.stages[0][0] in row and best.stages[0][-1] in row
@@ -275,7 +277,7 @@ def test_cli_profiles_a_module_callable(user_code):
 def test_cli_module_errors_are_one_line(user_code, args, pattern):
     import re
 
-    result = CliRunner().invoke(main, args)  # in-process (fast); the subprocess test below runs it for real
+    result = run_cli(*args)  # in-process (fast); the subprocess test below runs it for real
     assert isinstance(result.exception, SystemExit) and result.exit_code == 2, result.output
     assert "Traceback" not in result.output
     lines = result.stderr.strip().splitlines()

@@ -7,16 +7,14 @@ LaTeX engine is installed; .ci/run installs one).
 import re
 
 import pytest
-from click.testing import CliRunner
 
-from archspec.cli import main
 from archspec.errors import UserError
 from archspec.report.arch_table import render_arch_table
 from archspec.report.latex import escape as tex_escape
 from archspec.spec import load_spec, loads
 from archspec.spec.notation import parse_conv, parse_downsample_text
 
-from .conftest import ROOT, compile_latex
+from .conftest import ROOT, compile_latex, run_cli as run, spec_text
 from .test_latex import A4, pdf_pages
 
 # A copy of ../shared/seed/table1.md (the LoCo supplement's Table 1), so that CI checks against it too.
@@ -37,10 +35,6 @@ def md(pair):
 @pytest.fixture(scope="module")
 def tex(pair):
     return render_arch_table(pair, "tex")
-
-
-def run(*args):
-    return CliRunner().invoke(main, list(args))
 
 
 # -- markdown, parsed back ----------------------------------------------------------------------
@@ -319,7 +313,7 @@ WEIRD_TITLE = r"A & B_50 % #1 $x$ ~ ^ \ {z} | <b>"
 
 
 def weird_spec():
-    text = (ROOT / "specs" / "resnet18.yaml").read_text()
+    text = spec_text("resnet18")
     text = re.sub(r"(?m)^name: .*$", "name: my_net_v2", text)
     text = re.sub(r"(?m)^title: .*$", "title: '" + WEIRD_TITLE.replace("'", "''") + "'", text)
     return loads(text)

@@ -17,6 +17,9 @@ from archspec.profiling.memory import local_stages
 from archspec.spec import dumps, load_spec, loads
 from archspec.spec.resize import at_input_size
 
+from . import conftest
+from .conftest import write_config  # the micro training config of the training tests
+
 # torchvision.models.<name>(weights=None) parameter counts; resnet20_cifar: He et al. 2016 with
 # option A shortcuts (the 0.27M of its Table 6; 269,722 in the common CIFAR implementations).
 PUBLISHED_PARAMS = {
@@ -285,8 +288,6 @@ def test_training_runs_on_the_new_kinds(tmp_path, method):
     from archspec.train.config import load_config
     from archspec.train.loop import read_log, train
 
-    from .test_train import write_config  # the micro training config of the training tests
-
     (tmp_path / "mobile.yaml").write_text(MICRO_MOBILE)
     config = write_config(tmp_path, spec="mobile.yaml", method=method, schedule={"warmup_steps": 1})
     result = train(load_config(config), tmp_path / "run", max_steps=3, progress=False)
@@ -296,11 +297,7 @@ def test_training_runs_on_the_new_kinds(tmp_path, method):
 
 
 def run_cli(*args):
-    from click.testing import CliRunner
-
-    from archspec.cli import main
-
-    return CliRunner().invoke(main, list(args), terminal_width=200)
+    return conftest.run_cli(*args, terminal_width=200)
 
 
 def test_balance_and_split_on_a_network_without_residual_blocks_say_so():

@@ -3,15 +3,12 @@ import subprocess
 import sys
 
 import pytest
-from click.testing import CliRunner
 
-from archspec.cli import main
-
-from .conftest import ROOT
+from .conftest import ROOT, run_cli, spec_text
 
 
 def run(*args):
-    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+    return run_cli(*args, catch_exceptions=False)
 
 
 def test_show_presnet50_prints_stage_table_and_exact_total():
@@ -39,7 +36,7 @@ def test_show_yaml_round_trips(tmp_path):
 def test_validate_ok_and_path(tmp_path):
     assert run("validate", "resnet18").output.startswith("ok: resnet18")
     path = tmp_path / "mine.yaml"
-    path.write_text((ROOT / "specs" / "resnet34.yaml").read_text())
+    path.write_text(spec_text("resnet34"))
     assert "21,797,672 parameters" in run("validate", str(path)).output
 
 
@@ -53,7 +50,7 @@ def test_list():
     (["validate", "nope/missing.yaml"], "error: no such spec file: nope/missing.yaml"),
 ])
 def test_bad_spec_names(args, message):
-    result = CliRunner().invoke(main, args)
+    result = run_cli(*args)
     assert result.exit_code == 2
     assert result.output.strip().startswith(message)
     assert len(result.output.strip().splitlines()) == 1
@@ -61,8 +58,8 @@ def test_bad_spec_names(args, message):
 
 def test_invalid_spec_file_exit_2_one_line(tmp_path):
     path = tmp_path / "bad.yaml"
-    path.write_text((ROOT / "specs" / "resnet18.yaml").read_text().replace("    output_size: 28x28", "    output_size: 27x27"))
-    result = CliRunner().invoke(main, ["validate", str(path)])
+    path.write_text(spec_text("resnet18").replace("    output_size: 28x28", "    output_size: 27x27"))
+    result = run_cli("validate", str(path))
     assert result.exit_code == 2
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {path}:")

@@ -45,13 +45,12 @@ from pathlib import Path
 
 import click
 import pytest
-from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from archspec.cli import main
 
-from .conftest import ROOT
+from .conftest import ROOT, run_cli
 
 CASE_CAP_S = 30.0  # one invocation; the slowest swept cases take a few seconds
 SCALE = float(os.environ.get("ARCHSPEC_SWEEP_SCALE", "1"))
@@ -297,7 +296,7 @@ def invoke(args: list[str]):
     start = time.perf_counter()
     try:
         with _time_cap(CASE_CAP_S):
-            result = CliRunner().invoke(main, args, prog_name="archspec", terminal_width=120)
+            result = run_cli(*args, prog_name="archspec", terminal_width=120)
     finally:
         torch.set_num_threads(threads)  # a training config sets them; the next cases stay as fast
         torch.set_default_dtype(dtype)
@@ -595,7 +594,11 @@ def _examples(command: str) -> int:
     return max(1, int(EXAMPLES.get(command, DEFAULT_EXAMPLES) * SCALE))
 
 
-@pytest.mark.parametrize("command", COMMANDS)
+SLOW_SWEEPS = {"balance", "compare"}  # over 5 s on a 2-core machine (pytest --durations=0)
+
+
+@pytest.mark.parametrize("command", [pytest.param(c, marks=pytest.mark.slow) if c in SLOW_SWEEPS else c
+                                     for c in COMMANDS])
 def test_sweep_one_line_and_exit_code(command, world, request):
     """Generated invocations of COMMAND: exit 0 or 2 (or its documented 1), one line, no traceback."""
     if command in ("eval", "plot"):

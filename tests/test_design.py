@@ -2,9 +2,7 @@
 traced profiler, the written spec, reproducibility and the command's errors."""
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from archspec.cli import main
 from archspec.design import search as D
 from archspec.design import space as S
 from archspec.profiling.analytic import stage_counts
@@ -13,11 +11,7 @@ from archspec.profiling.table6 import TABLE6_OPS
 from archspec.vocabulary import DEFAULT_OPS
 from archspec.spec import dumps, load, loads
 
-from .conftest import ROOT
-
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
+from .conftest import run_cli as run, spec_text
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +109,7 @@ def test_cli_reproduces_the_committed_spec_which_loads_compiles_and_profiles(tmp
     result = run("design", "--stages", 6, "--seed", 0, "--top", 2, "-o", out)
     assert result.exit_code == 0, result.output
     assert "design 1:" in result.output and "design 2:" in result.output and "conv1+res2" in result.output
-    committed = (ROOT / "specs" / "balanced6.yaml").read_text()
+    committed = spec_text("balanced6")
     assert out.read_text().replace(str(out), "specs/balanced6.yaml") == committed
     spec = load(out)
     assert spec.name == "balanced6" and "`archspec design --stages 6 --seed 0`" in spec.title

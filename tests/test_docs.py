@@ -7,11 +7,8 @@ import re
 import shlex
 
 import pytest
-from click.testing import CliRunner
 
-from archspec.cli import main
-
-from .conftest import ROOT
+from .conftest import ROOT, run_cli
 
 DOC_COLUMNS = 100  # pasted outputs are what a 100-column terminal shows
 BLOCK = re.compile(r"```[a-z]*\n\$ (archspec [^\n]+)\n(.*?)```", re.S)
@@ -31,7 +28,7 @@ def _lines(text: str) -> list[str]:
 def test_pasted_output_is_current(command, expected):
     args = shlex.split(command)[1:]
     args = [a for a in args if not a.startswith("#")]
-    result = CliRunner().invoke(main, args, env={"COLUMNS": str(DOC_COLUMNS)})
+    result = run_cli(*args, env={"COLUMNS": str(DOC_COLUMNS)})
     got = _lines(result.output)
     want = [line for line in _lines(expected) if not line.endswith("(exit code 1)")]
     if "..." not in want:

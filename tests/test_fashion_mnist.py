@@ -13,26 +13,17 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from click.testing import CliRunner
 
-from archspec.cli import main
 from archspec.errors import UserError
 from archspec.train.config import ConfigError, load_config, loads_config
 from archspec.train.data import DataConfig, build_dataset
 from archspec.train.fashion_mnist import DEFAULT_ROOT, FILES, IMAGES_MAGIC, PACKAGE, read_idx
 
-from .conftest import ROOT
+from .conftest import ROOT, run_cli
 
 METHODS = ("simclr", "gim", "loco")
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared machine: one thread is faster and leaves the other core alone."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def debian_root() -> Path:
@@ -160,8 +151,7 @@ def _config(tmp_path, method="loco", **data) -> Path:
 
 def test_short_training_run_on_the_real_files(tmp_path):
     debian_root()
-    result = CliRunner().invoke(main, ["train", str(_config(tmp_path)), "--out", str(tmp_path / "run"),
-                                       "--max-steps", "2"])
+    result = run_cli("train", str(_config(tmp_path)), "--out", str(tmp_path / "run"), "--max-steps", "2")
     assert result.exit_code == 0, result.output
     assert "max_steps: step 2/10 of loco on tiny_fashion" in result.output
     records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
@@ -171,9 +161,9 @@ def test_short_training_run_on_the_real_files(tmp_path):
 def test_eval_baseline_has_a_raw_pixel_row(tmp_path):
     root = write_fake(tmp_path / "fm")
     run = tmp_path / "run"
-    assert CliRunner().invoke(main, ["train", str(_config(tmp_path, root=str(root), train_images=None)),
-                                     "--out", str(run), "--max-steps", "1"]).exit_code == 0
-    result = CliRunner().invoke(main, ["eval", str(run), "--baseline", "--probe-epochs", "5"])
+    assert run_cli("train", str(_config(tmp_path, root=str(root), train_images=None)), "--out", str(run),
+                   "--max-steps", "1").exit_code == 0
+    result = run_cli("eval", str(run), "--baseline", "--probe-epochs", "5")
     assert result.exit_code == 0, result.output
     rows = json.loads((run / "eval.json").read_text())["results"]
     assert [(r["encoder"], r["stage"], r["features"]) for r in rows] == [
@@ -185,7 +175,7 @@ def test_eval_baseline_has_a_raw_pixel_row(tmp_path):
 # -- configs -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("method", METHODS)
 def test_shipped_configs_validate(method):
-    result = CliRunner().invoke(main, ["validate", str(ROOT / "configs" / f"fashion_mnist_{method}.yaml")])
+    result = run_cli("validate", str(ROOT / "configs" / f"fashion_mnist_{method}.yaml"))
     assert result.exit_code == 0, result.output
     assert result.output.startswith("ok: ") and "tiny_fashion at 28x28" in result.output
     assert f"data: fashion_mnist at {DEFAULT_ROOT}" in result.output
@@ -205,7 +195,7 @@ def test_config_errors(tmp_path):
     assert "c.yaml:3" in str(excinfo.value) and "'train_images' is for kind fashion_mnist" in str(excinfo.value)
     path = tmp_path / "c.yaml"
     path.write_text(f"spec: tiny_fashion\nmethod: gim\ndata: {{kind: fashion_mnist, root: {tmp_path / 'no'}}}\n")
-    result = CliRunner().invoke(main, ["validate", str(path), "--check-data"])
+    result = run_cli("validate", str(path), "--check-data")
     assert result.exit_code == 2 and PACKAGE in result.output and "does not exist" in result.output
 
 

@@ -10,16 +10,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from matplotlib.collections import LineCollection
 from matplotlib.text import Text
 
-from archspec.cli import main
 from archspec.report.plots import COLUMN_IN, TEXT_IN, figure_width, plot_shares, shares_caption, shares_figure
 from archspec.train.figures import (loss_caption, loss_figure, plot_loss_curves, tsne_caption, tsne_figure,
                                     tsne_settings)
 
-ROOT = Path(__file__).resolve().parents[1]
+from .conftest import ROOT, run_cli
+
 REPORT = ROOT / "reports" / "presnet50"
 
 
@@ -232,8 +231,7 @@ def test_plot_labels_name_the_runs_in_the_legend(tmp_path, monkeypatch):
 
     monkeypatch.setattr(figures, "loss_figure", spy)
     out = tmp_path / "fig"
-    result = CliRunner().invoke(main, ["plot", str(a), str(b), "--no-tsne", "-o", str(out),
-                                       "--labels", "GIM, SimCLR"])
+    result = run_cli("plot", str(a), str(b), "--no-tsne", "-o", str(out), "--labels", "GIM, SimCLR")
     assert result.exit_code == 0, result.output
     assert sorted(legends[0]) == ["GIM", "SimCLR"]
     caption = (out / "loss_curves.caption.md").read_text()
@@ -241,7 +239,7 @@ def test_plot_labels_name_the_runs_in_the_legend(tmp_path, monkeypatch):
     assert f"wrote {out / 'loss_curves.caption.md'}" in result.output
     assert sorted(p.name for p in out.iterdir()) == ["loss_curves.caption.md", "loss_curves.pdf", "loss_curves.png"]
 
-    result = CliRunner().invoke(main, ["plot", str(a), str(b), "--no-tsne", "-o", str(tmp_path / "plain")])
+    result = run_cli("plot", str(a), str(b), "--no-tsne", "-o", str(tmp_path / "plain"))
     assert result.exit_code == 0, result.output
     assert sorted(legends[1]) == ["digits_gim", "digits_simclr"]  # the default: the run folders' names
     assert "runs/" not in (tmp_path / "plain" / "loss_curves.caption.md").read_text()
@@ -250,8 +248,7 @@ def test_plot_labels_name_the_runs_in_the_legend(tmp_path, monkeypatch):
 @pytest.mark.parametrize("labels", ["only-one", "a,b,c", "a,a", "a,"])
 def test_plot_bad_labels_are_one_line(tmp_path, labels):
     a, b = fake_run(tmp_path / "a"), fake_run(tmp_path / "b")
-    result = CliRunner().invoke(main, ["plot", str(a), str(b), "--no-tsne", "-o", str(tmp_path / "fig"),
-                                       "--labels", labels])
+    result = run_cli("plot", str(a), str(b), "--no-tsne", "-o", str(tmp_path / "fig"), "--labels", labels)
     assert result.exit_code == 2
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "--labels" in lines[0], result.output

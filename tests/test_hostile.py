@@ -11,21 +11,19 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from archspec import limits
-from archspec.cli import main
 from archspec.errors import UserError
 from archspec.spec.loader import loads
 from archspec.train.config import loads_config
 
-from .conftest import ROOT
+from .conftest import ROOT, run_cli, spec_text
 
 CASE_CAP_S = 2.0  # per refusal, in-process (each measured case takes about 0.01 s; CI machines are shared)
 MEMORY_CAP = 64 * 2**20  # Python allocations while one hostile text is read
-SPEC = (ROOT / "specs" / "tiny_digits.yaml").read_text()
+SPEC = spec_text("tiny_digits")
 CONFIG = "spec: tiny_digits\nmethod: loco\ndata: {kind: digits}\nbatch: 16\nepochs: 1\n"
 
 
@@ -38,7 +36,7 @@ def laughs(levels: int = 10, width: int = 10) -> str:
 
 def cli(*args):
     start = time.perf_counter()
-    result = CliRunner().invoke(main, [str(a) for a in args], prog_name="archspec")
+    result = run_cli(*args, prog_name="archspec")
     result.elapsed = time.perf_counter() - start
     return result
 
@@ -221,6 +219,7 @@ def test_fuzz_specs(piece, where):
     _held(lambda t: loads(t, "fuzz.yaml"), text)
 
 
+@pytest.mark.slow
 @FUZZ
 @given(piece=hostile_yaml(), where=st.sampled_from(["before", "after", "instead"]))
 def test_fuzz_configs(piece, where):

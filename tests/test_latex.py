@@ -11,14 +11,12 @@ import zlib
 
 import pandas as pd
 import pytest
-from click.testing import CliRunner
 
-from archspec.cli import main
 from archspec.report import arch_table, balance, compare, latex, profile_tables
 from archspec.report.latex import TeX, booktabs_table, document, escape, fit, required_packages
 from archspec.spec import load_spec
 
-from .conftest import compile_latex
+from .conftest import compile_latex, run_cli
 
 A4 = (595, 842)  # pt, portrait; a landscape page is this page rotated (/Rotate 90) or 842 x 595
 
@@ -272,7 +270,7 @@ def test_every_character_escape_writes_compiles(tmp_path):
 # -- every command's --standalone output, through the CLI ---------------------------------------
 
 def has_standalone(*command: str) -> bool:
-    result = CliRunner().invoke(main, [*command, "--help"])
+    result = run_cli(*command, "--help")
     return result.exit_code == 0 and "--standalone" in result.output
 
 
@@ -298,6 +296,7 @@ def test_cli_standalone_compiles_on_a4(tmp_path, name):
     check_compiles_on_a4(tmp_path, name, tex)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not has_standalone("report"), reason="archspec report has no --standalone yet")
 def test_cli_report_standalone_tex_files_compile_on_a4(tmp_path):
     out = tmp_path / "report"

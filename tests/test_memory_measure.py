@@ -43,6 +43,7 @@ def write(tmp_path, spec, method, batch, optimizer):
     return load_config(path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", ["resnet18", "resnet50"])
 @pytest.mark.parametrize("batch", [2, 4])
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
@@ -63,6 +64,7 @@ def test_predicted_peak_within_3_percent_of_the_measured_one(tmp_path, spec, bat
         assert ratio == pytest.approx(1, abs=0.03)
 
 
+@pytest.mark.distributed
 @pytest.mark.parametrize("method, schedule", [("loco", "sync"), ("loco", "pipelined"), ("gim", "pipelined")])
 def test_every_ranks_predicted_peak_within_3_percent(tmp_path, monkeypatch, method, schedule):
     """One process per local stage (4 ranks), each measuring its own tensors

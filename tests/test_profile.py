@@ -4,9 +4,7 @@ import re
 
 import pytest
 import torch
-from click.testing import CliRunner
 
-from archspec.cli import main
 from archspec.nn.compiler import StagedNet
 from archspec.profiling.analytic import OP_CLASSES, stage_counts
 from archspec.profiling.memory import local_stages
@@ -14,6 +12,8 @@ from archspec.profiling.profiler import profile
 from archspec.profiling.table6 import PAPER_TABLE6, table6
 from archspec.spec import available, load_spec
 from archspec.spec.resize import at_input_size
+
+from .conftest import run_cli as run
 
 ALL_SPECS = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "presnet50", "mobilenet_v2", "vgg16_bn",
              "resnext50_32x4d", "wide_resnet50_2", "resnet20_cifar"]
@@ -167,10 +167,6 @@ def test_table6_presnet50_differs_from_the_paper():
     assert round(rows[3]["memory"], 6) == round(rows[5]["memory"], 6)
 
 
-def run(*args):
-    return CliRunner().invoke(main, list(args))
-
-
 def test_cli_profile_default_table():
     result = run("profile", "presnet50")
     assert result.exit_code == 0, result.output
@@ -245,7 +241,7 @@ def test_cli_tex_is_booktabs():
     (["--size", "0x4"], r"--size height must be a positive integer"),
 ])
 def test_cli_bad_options_one_line_exit_2(args, pattern):
-    result = CliRunner().invoke(main, ["profile", "presnet50", *args])
+    result = run("profile", "presnet50", *args)
     assert result.exit_code == 2, result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.output
@@ -257,7 +253,7 @@ def test_cli_bad_options_one_line_exit_2(args, pattern):
     ("missing/file.yaml", r"no such spec file: missing/file.yaml"),
 ])
 def test_cli_unknown_spec_or_missing_file(spec, pattern):
-    result = CliRunner().invoke(main, ["profile", spec])
+    result = run("profile", spec)
     assert result.exit_code == 2
     assert re.search(pattern, result.output.strip())
 
@@ -268,6 +264,7 @@ def test_cli_size_option_rescales():
     assert [s["output_shape"][-1] for s in doc["stages"][:-1]] == [56, 28, 18, 12, 8, 6, 4]
 
 
+@pytest.mark.slow
 def test_every_named_spec_profiles():
     for name in available():
         assert profile(load_spec(name), batch=1).to_dict()["total"]["params"] > 0

@@ -18,11 +18,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from archspec.cli import main
 from archspec.errors import SpecError
 from archspec.nn.compiler import check_shapes, compile_spec
 from archspec.profiling.analytic import stage_params
@@ -30,7 +28,9 @@ from archspec.spec import BlockGroup, Conv, Downsample, Head, Spec, Stage, dumps
 from archspec.spec.schema import ACTIVATIONS, BLOCK_KINDS, DOWNSAMPLE_KINDS, POOL_DOWNSAMPLES, POOL_KINDS
 from archspec.spec.validate import conv_out, pool_out
 
-PRESNET50_TEXT = (Path(__file__).resolve().parents[1] / "specs" / "presnet50.yaml").read_text(encoding="utf-8")
+from .conftest import run_cli, spec_text
+
+PRESNET50_TEXT = spec_text("presnet50")
 MAX_CHANNELS = 24
 KERNELS = (1, 3, 5)
 POOL_KERNELS = (1, 2, 3, 4, 5)
@@ -153,6 +153,7 @@ def specs(draw) -> Spec:
 
 
 # -- property: valid specs load, round-trip, compile and count as predicted -------------------
+@pytest.mark.slow
 @settings(max_examples=60, **SETTINGS)
 @given(spec=specs())
 def test_valid_spec_round_trips_compiles_and_counts(spec):
@@ -277,25 +278,24 @@ def assert_loads_cleanly(text: str) -> None:
     check_shapes(net)
 
 
+@pytest.mark.slow
 @settings(max_examples=150, **SETTINGS)
 @given(spec=specs(), data=st.data())
 def test_corrupted_generated_yaml_fails_cleanly(spec, data):
     assert_loads_cleanly(data.draw(corrupted(dumps(spec)), label="corrupted"))
 
 
+@pytest.mark.slow
 @settings(max_examples=60, **SETTINGS)
 @given(data=st.data())
 def test_corrupted_presnet50_yaml_fails_cleanly(data):
     assert_loads_cleanly(data.draw(corrupted(PRESNET50_TEXT), label="corrupted"))
 
 
-SPECS_DIR = Path(__file__).resolve().parents[1] / "specs"
-
-
 @settings(max_examples=40, **SETTINGS)
 @given(data=st.data(), name=st.sampled_from(["mobilenet_v2", "vgg16_bn", "resnet20_cifar"]))
 def test_corrupted_non_resnet_yaml_fails_cleanly(data, name):
-    text = (SPECS_DIR / f"{name}.yaml").read_text(encoding="utf-8")
+    text = spec_text(name)
     assert_loads_cleanly(data.draw(corrupted(text), label="corrupted"))
 
 
@@ -303,7 +303,7 @@ def _validate_via_cli(text: str):
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "x.yaml"
         path.write_text(text, encoding="utf-8")
-        return CliRunner().invoke(main, ["validate", str(path)], catch_exceptions=True)
+        return run_cli("validate", str(path), catch_exceptions=True)
 
 
 @settings(max_examples=40, **SETTINGS)

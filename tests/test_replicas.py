@@ -136,6 +136,7 @@ def _close(a, b, dtype, what):
     torch.testing.assert_close(a, b, **TOL[dtype], msg=lambda m: f"{what}: {m}")
 
 
+@pytest.mark.distributed
 @pytest.mark.parametrize("case", BN_CASES, ids=lambda c: f"{str(c[0])[6:]}-momentum{c[1]}-affine{c[2]}")
 def test_batchnorm_over_replicas_equals_one_batchnorm(replicas, case):
     dtype = case[0]
@@ -159,6 +160,7 @@ def test_batchnorm_over_replicas_equals_one_batchnorm(replicas, case):
     assert int(got[0]["state"]["num_batches_tracked"]) == 2
 
 
+@pytest.mark.distributed
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d)[6:])
 def test_converted_net_with_gathered_loss_equals_the_whole_batch(replicas, dtype):
     net = _net(dtype)

@@ -5,19 +5,17 @@ import csv
 import io
 import json
 import re
-from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from archspec.cli import main
 from archspec.profiling.profiler import profile
 from archspec.profiling.table6 import PAPER_TABLE6, TABLE6_OPS
 from archspec.report import balance as balance_mod
 from archspec.report import compare as compare_mod
 from archspec.spec import load_spec
 
-ROOT = Path(__file__).resolve().parents[1]
+from .conftest import ROOT, run_cli
+
 REPORT = ROOT / "reports" / "presnet50"
 
 
@@ -27,7 +25,7 @@ def profiles():
 
 
 def run(*args):
-    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    result = run_cli(*args, catch_exceptions=False)
     return result
 
 
@@ -101,7 +99,7 @@ def test_balance_cli_check_exit_codes(tmp_path):
 
 @pytest.mark.parametrize("band", ["20:15", "a:b", "15", "0:101", "nan:20"])
 def test_balance_bad_band_is_one_line(band):
-    result = CliRunner().invoke(main, ["balance", "presnet50", "--band", band])
+    result = run_cli("balance", "presnet50", "--band", band)
     assert result.exit_code == 2
     assert len(result.output.strip().splitlines()) == 1 and result.output.startswith("error:"), result.output
 
@@ -162,9 +160,9 @@ def assert_well_formed_latex(tex: str) -> None:
 
 
 def test_compare_needs_two_specs_and_known_names():
-    one = CliRunner().invoke(main, ["compare", "presnet50"])
+    one = run_cli("compare", "presnet50")
     assert one.exit_code == 2 and one.output.startswith("error:")
-    unknown = CliRunner().invoke(main, ["compare", "presnet50", "resnet5O"])
+    unknown = run_cli("compare", "presnet50", "resnet5O")
     assert unknown.exit_code == 2 and len(unknown.output.strip().splitlines()) == 1
 
 
@@ -215,7 +213,7 @@ def test_report_index_explains_the_balance():
 def test_report_refuses_a_file_as_folder(tmp_path):
     target = tmp_path / "x"
     target.write_text("mine")
-    result = CliRunner().invoke(main, ["report", "presnet50", "-o", str(target)])
+    result = run_cli("report", "presnet50", "-o", str(target))
     assert result.exit_code == 2 and result.output.startswith("error:")
     assert target.read_text() == "mine"
 
@@ -226,6 +224,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from tests.test_properties import specs as valid_specs  # noqa: E402
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Glyph .* missing from font")
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(spec=valid_specs())
@@ -251,7 +250,7 @@ def test_every_report_works_on_random_valid_specs(spec, tmp_path_factory):
 
 def test_plot_writes_its_caption_beside_the_figure(tmp_path):
     stem = tmp_path / "shares"
-    result = CliRunner().invoke(main, ["balance", "resnet18", "--batch", "2", "--plot", str(stem)])
+    result = run_cli("balance", "resnet18", "--batch", "2", "--plot", str(stem))
     assert result.exit_code == 0, result.output
     caption = (tmp_path / "shares.caption.md").read_text()
     assert "2 x MACs of conv, fc" in caption and "bytes autograd saves for backward" in caption

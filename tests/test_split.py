@@ -5,11 +5,9 @@ import random
 
 import pytest
 import torch
-from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from archspec.cli import main
 from archspec.commands.split import parse_bytes
 from archspec.design.chain import build_chain, saved_bytes, split_spec, stage_groups, state_bytes
 from archspec.design.split import Costs, SplitError, dp_split, evaluate, optimal_split, uniform_cuts
@@ -19,16 +17,9 @@ from archspec.profiling.table6 import TABLE6_OPS
 from archspec.spec import dumps, load, load_spec, loads
 from archspec.spec.resize import at_input_size
 
+from .conftest import run_cli as run
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small convolutions on a shared 2-core machine: one thread is much faster and steadier."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
+pytestmark = pytest.mark.usefixtures("one_thread")  # small convolutions: one thread is much faster
 
 TINY = """
 name: tiny
@@ -219,10 +210,6 @@ def test_split_resnet50_strided_block_brings_strided_conv():
 
 
 # -- the command line ----------------------------------------------------------------------------
-def run(*args):
-    return CliRunner().invoke(main, list(args))
-
-
 def test_cli_resnet50_by_flops_writes_a_spec(tmp_path):
     out = tmp_path / "r50.yaml"
     result = run("split", "resnet50", "--stages", "4", "--by", "flops", "-o", str(out))

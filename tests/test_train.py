@@ -8,56 +8,13 @@ import signal
 import pytest
 import torch
 import yaml
-from click.testing import CliRunner
 
-from archspec.cli import main
 from archspec.train.config import load_config, loads_config, parse_bytes
 from archspec.train.loop import read_log, train
 
-from .conftest import ROOT
+from .conftest import ROOT, run_cli, write_config
 
-# A smaller cousin of specs/tiny_digits.yaml: four local stages, milliseconds per step.
-MICRO_SPEC = """
-name: micro_digits
-input: {channels: 1, size: 8x8}
-stages:
-  - {name: conv1, output_size: 8x8, blocks: ['conv [3x3, 8]']}
-  - {name: res2, output_size: 8x8, blocks: ['basic [3x3, 8; 3x3, 8] x1']}
-  - {name: res3, output_size: 4x4, blocks: ['basic [3x3, 16, stride 2; 3x3, 16] x1']}
-  - {name: res4, output_size: 2x2, blocks: ['basic [3x3, 32, stride 2; 3x3, 32] x1']}
-  - {name: res5, output_size: 2x2, blocks: ['basic [3x3, 32; 3x3, 32] x1']}
-head: {fc: null}
-"""
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared machine: one thread is faster and leaves the other core alone."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-def write_config(tmp_path, name="run.yaml", **overrides):
-    (tmp_path / "micro.yaml").write_text(MICRO_SPEC)
-    data = {"spec": "micro.yaml", "method": "loco", "data": {"kind": "digits", "size": 8},
-            "batch": 16, "epochs": 1, "optimizer": {"name": "sgd", "lr": 0.05, "lr_scaling": "none"},
-            "schedule": {"warmup_steps": 2}, "decoders": {"hidden": 16, "out_dim": 16}, "temperature": 0.5,
-            "augment": {"scale": [0.5, 1.0], "flip_p": 0.0, "blur_p": 0.0, "gray_p": 0.0},
-            "threads": 1, "checkpoint_every": 100, "tensorboard": False}
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(data.get(key), dict):
-            data[key] = {**data[key], **value}
-        else:
-            data[key] = value
-    path = tmp_path / name
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
-
-
-def run_cli(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # -- configs ---------------------------------------------------------------------------------

@@ -14,18 +14,17 @@ import sys
 import pytest
 import torch
 import yaml
-from click.testing import CliRunner
 
-from archspec.cli import main
 from archspec.errors import UserError
 from archspec.train.config import load_config
 from archspec.train.distributed import train_distributed
 from archspec.train.loop import load_run, read_log, train
 
-from .conftest import ROOT
-from .test_train_methods import LABELS, MICRO
+from .conftest import LABELS, MICRO, ROOT, run_cli
 
 TIMEOUT = 60  # seconds a rank waits for a message; and each run's deadline
+# @pytest.mark.distributed: each test that starts ranks; the error paths refused before any
+# process starts (and the loss-scale unit test) run in the quick loop.
 
 
 @pytest.fixture(autouse=True)
@@ -81,6 +80,7 @@ def compare_runs(one, stage, step, rtol=1e-5, atol=1e-7):
     return diff
 
 
+@pytest.mark.distributed
 @pytest.mark.parametrize("method, optimizer, entry", [
     ("gim", "sgd", "function"), ("loco", "lars", "cli"), ("simclr", "adam", "function")])
 def test_a_distributed_step_equals_a_single_process_step(tmp_path, method, optimizer, entry):
@@ -88,8 +88,8 @@ def test_a_distributed_step_equals_a_single_process_step(tmp_path, method, optim
     cfg = load_config(path)
     train(cfg, tmp_path / "one", max_steps=3, progress=False)
     if entry == "cli":
-        result = CliRunner().invoke(main, ["train", str(path), "--out", str(tmp_path / "stage"), "--max-steps", "3",
-                                           "--processes", "stage", "--no-progress"])
+        result = run_cli("train", str(path), "--out", str(tmp_path / "stage"), "--max-steps", "3",
+                         "--processes", "stage", "--no-progress")
         assert result.exit_code == 0, result.output
         assert result.output.startswith(f"max_steps: step 3/10 of {method} on micro")
     else:
@@ -108,6 +108,7 @@ def test_a_distributed_step_equals_a_single_process_step(tmp_path, method, optim
     assert state["step"] == 3 and list(model.decoders) == labels
 
 
+@pytest.mark.distributed
 def test_resume_across_runners(tmp_path):
     """Two single-process steps, two distributed ones from that checkpoint, then one single-process
     step from the distributed checkpoint: the same as five steps in one go."""
@@ -125,13 +126,13 @@ def test_resume_across_runners(tmp_path):
 
 def test_errors_are_one_line(tmp_path):
     path = write_config(tmp_path, "gim", "sgd", batch=100)  # more than the 80 training images
-    result = CliRunner().invoke(main, ["train", str(path), "--out", str(tmp_path / "run"), "--processes", "stage"])
+    result = run_cli("train", str(path), "--out", str(tmp_path / "run"), "--processes", "stage")
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
     assert "batch 100 is larger than the 80 training images" in result.output
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("")
-    result = CliRunner().invoke(main, ["train", str(write_config(tmp_path, "gim", "sgd", name="ok.yaml")),
-                                       "--out", str(tmp_path / "full"), "--processes", "stage"])
+    result = run_cli("train", str(write_config(tmp_path, "gim", "sgd", name="ok.yaml")),
+                     "--out", str(tmp_path / "full"), "--processes", "stage")
     assert result.exit_code == 2 and "already exists (hint: --resume" in result.output
 
 
@@ -139,6 +140,8 @@ def test_errors_are_one_line(tmp_path):
 MICRO2 = MICRO.split("  - {name: res4")[0] + "head: {fc: null}\n"
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 @pytest.mark.parametrize("method, schedule, processes", [
     ("simclr", "sync", "stage"), ("loco", "pipelined", "stage"), ("gim", "sync", "one")])
 def test_torchrun(tmp_path, method, schedule, processes):
@@ -158,6 +161,7 @@ def test_torchrun(tmp_path, method, schedule, processes):
 
 
 # -- the pipelined schedule -------------------------------------------------------------------------
+@pytest.mark.distributed
 @pytest.mark.parametrize("method, optimizer", [("gim", "sgd"), ("loco", "lars")])
 def test_pipelined_equals_its_single_process_reference(tmp_path, method, optimizer):
     """Four ranks pipelined over 7 steps with a checkpoint (a drained pipeline) at step 4 against
@@ -173,6 +177,7 @@ def test_pipelined_equals_its_single_process_reference(tmp_path, method, optimiz
     assert [r["step"] for r in read_log(tmp_path / "stage")] == list(range(1, 8))
 
 
+@pytest.mark.distributed
 def test_pipelined_gim_is_exactly_gim_and_pipelined_loco_is_one_step_stale(tmp_path):
     """GIM has no delay: pipelined equals the synchronous single-process GIM. LoCo's stages but
     the last compute with weights one update old: its numbers equal synchronous LoCo's at step 1
@@ -194,6 +199,7 @@ def test_pipelined_gim_is_exactly_gim_and_pipelined_loco_is_one_step_stale(tmp_p
     assert stale_log[1]["loss/res5"] != sync_log[1]["loss/res5"]  # exact itself, on a stale stage's output
 
 
+@pytest.mark.distributed
 def test_pipelined_resumes_across_runners(tmp_path):
     """Pipelined LoCo: 4 steps in one process, 2 pipelined ranks' steps from there, then 2
     single-process steps: the same as 8 steps in one process. (The delay restarts at every
@@ -208,8 +214,8 @@ def test_pipelined_resumes_across_runners(tmp_path):
 
 def test_simclr_cannot_be_pipelined(tmp_path):
     path = write_config(tmp_path, "simclr", "sgd")
-    result = CliRunner().invoke(main, ["train", str(path), "--out", str(tmp_path / "run"), "--processes", "stage",
-                                       "--schedule", "pipelined"])
+    result = run_cli("train", str(path), "--out", str(tmp_path / "run"), "--processes", "stage",
+                     "--schedule", "pipelined")
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
     assert "simclr cannot be pipelined" in result.output
 
@@ -220,6 +226,7 @@ def test_simclr_cannot_be_pipelined(tmp_path):
 DP_TOLERANCE = {"rtol": 1e-4, "atol": 1e-5}
 
 
+@pytest.mark.distributed
 @pytest.mark.parametrize("processes, method, optimizer, pipeline", [
     ("one", "simclr", "adam", "sync"), ("one", "gim", "lars", "sync"),
     ("stage", "loco", "sgd", "sync"), ("stage", "loco", "lars", "pipelined")])
@@ -240,20 +247,22 @@ def test_data_parallel_equals_one_process_on_the_whole_batch(tmp_path, processes
     assert state["step"] == 3
 
 
+@pytest.mark.distributed
 def test_data_parallel_cli_and_uneven_batch(tmp_path):
     path = write_config(tmp_path, "gim", "sgd", batch=9)
     (tmp_path / "micro.yaml").write_text(MICRO2)
-    result = CliRunner().invoke(main, ["train", str(path), "--out", str(tmp_path / "run"), "--data-parallel", "2"])
+    result = run_cli("train", str(path), "--out", str(tmp_path / "run"), "--data-parallel", "2")
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
     assert "batch 9 does not split into 2 equal shards" in result.output
     path = write_config(tmp_path, "gim", "sgd", name="ok.yaml")
-    result = CliRunner().invoke(main, ["train", str(path), "--out", str(tmp_path / "run"), "--data-parallel", "2",
-                                       "--max-steps", "2", "--no-progress"])
+    result = run_cli("train", str(path), "--out", str(tmp_path / "run"), "--data-parallel", "2", "--max-steps", "2",
+                     "--no-progress")
     assert result.exit_code == 0, result.output
     assert result.output.startswith("max_steps: step 2/10 of gim on micro") and "2 processes" in result.output
 
 
 # -- failures --------------------------------------------------------------------------------------
+@pytest.mark.distributed
 def test_a_rank_that_dies_stops_every_rank_with_one_line(tmp_path, monkeypatch):
     """Rank 2 of 4 is killed (SIGKILL) after its third update: the others notice its closed
     sockets at once and the run fails with one line naming it, within seconds."""
@@ -270,6 +279,7 @@ def test_a_rank_that_dies_stops_every_rank_with_one_line(tmp_path, monkeypatch):
     assert elapsed < 30, elapsed
 
 
+@pytest.mark.distributed
 def test_a_bug_in_one_rank_names_the_rank_and_the_exception(tmp_path, monkeypatch):
     """An exception that is not a UserError (a bug) in rank 1 at step 2: the run fails with one
     line naming the rank and the exception, not "died without an error of its own", and the
@@ -286,6 +296,8 @@ def test_a_bug_in_one_rank_names_the_rank_and_the_exception(tmp_path, monkeypatc
     assert "Traceback (most recent call last)" in kept.read_text() and "injected_fault" in kept.read_text()
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 @pytest.mark.parametrize("schedule", ["sync", "pipelined"])
 def test_ctrl_c_checkpoints_every_rank(tmp_path, schedule):
     """SIGINT to `archspec train --processes stage`: every rank stops at the same step, the
@@ -314,6 +326,7 @@ def test_ctrl_c_checkpoints_every_rank(tmp_path, schedule):
 
 
 # -- mixed precision --------------------------------------------------------------------------------
+@pytest.mark.distributed
 def test_bfloat16_pipelined_equals_its_single_process_reference(tmp_path):
     """dtype: bfloat16: float32 weights, autocast forward, 16-bit activations between ranks; the
     four pipelined ranks equal one process bitwise."""
@@ -331,7 +344,7 @@ def test_float16_trains_with_a_loss_scale_in_one_process_and_is_refused_per_stag
     assert all(v < 10 for v in result.summary["final_losses"].values())
     _, state = load_run(tmp_path / "one")
     assert state["loss_scale"]["scale"] == 2.0 ** 16 and state["loss_scale"]["good_steps"] == 3
-    result = CliRunner().invoke(main, ["train", str(path), "--out", str(tmp_path / "stage"), "--processes", "stage"])
+    result = run_cli("train", str(path), "--out", str(tmp_path / "stage"), "--processes", "stage")
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
     assert "float16 needs a loss scale" in result.output
 
@@ -349,6 +362,7 @@ def test_loss_scale_skips_an_overflow_and_backs_off():
     assert scale.unscale([p]) and scale.scale == 8.0  # two good steps: doubled
 
 
+@pytest.mark.distributed
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
 def test_pipelined_on_cuda_with_nccl(tmp_path):
     """The same runner on GPUs: NCCL for activations and gradients, gloo for the control messages."""
@@ -362,6 +376,7 @@ def test_pipelined_on_cuda_with_nccl(tmp_path):
     compare_runs(tmp_path / "one", tmp_path / "stage", 3, rtol=1e-2, atol=1e-3)
 
 
+@pytest.mark.distributed
 def test_a_non_finite_loss_stops_the_pipeline_with_one_line(tmp_path):
     """A learning rate of 1e12 makes res5's loss NaN at step 2: both runners name that step; the
     pipelined one drains first, so its checkpoint is a few steps later."""
@@ -379,6 +394,7 @@ def test_a_non_finite_loss_stops_the_pipeline_with_one_line(tmp_path):
     assert state["step"] > 2
 
 
+@pytest.mark.distributed
 def test_data_parallel_resumes_across_runner_kinds(tmp_path):
     """2 steps in one process, 2 with two replicas of each of two stages (4 ranks) from that
     checkpoint, 1 in one process from theirs: the same as 5 steps in one process."""

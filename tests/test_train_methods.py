@@ -12,30 +12,12 @@ from archspec.train.losses import nt_xent
 from archspec.train.methods import build_decoders, build_method
 from archspec.train.optim import LARS, WarmupCosine, build_optimizer, param_groups
 
-# Four local stages (conv1+res2, res3, res4, res5), small enough to run in milliseconds.
-MICRO = """
-name: micro
-input: {channels: 1, size: 8x8}
-stages:
-  - {name: conv1, output_size: 8x8, blocks: ['conv [3x3, 4]']}
-  - {name: res2, output_size: 8x8, blocks: ['basic [3x3, 4; 3x3, 4] x1']}
-  - {name: res3, output_size: 4x4, blocks: ['basic [3x3, 8, stride 2; 3x3, 8] x1']}
-  - {name: res4, output_size: 4x4, blocks: ['basic [3x3, 8; 3x3, 8] x1']}
-  - {name: res5, output_size: 2x2, blocks: ['basic [3x3, 16, stride 2; 3x3, 16] x1']}
-head: {fc: null}
-"""
-LABELS = ["conv1+res2", "res3", "res4", "res5"]
+from .conftest import LABELS, MICRO
+
 GROUPS = [["conv1", "res2"], ["res3"], ["res4"], ["res5"]]
 DEC = DecoderConfig(hidden=16, out=8)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared machine: one thread is faster and leaves the other core alone."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def setup(method, seed=0, dtype=torch.float32):

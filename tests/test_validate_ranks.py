@@ -13,18 +13,9 @@ from archspec.profiling.rank_memory import config_rank_peaks, memory_hint, rank_
 from archspec.profiling.step_memory import step_peak
 from archspec.train.config import format_bytes, load_config, load_training_spec, validate_config
 
-from .conftest import ROOT
-from .test_train import run_cli, write_config  # the micro training config of the training tests
+from .conftest import LABELS, ROOT, run_cli, write_config  # write_config: the micro training config
 
-LABELS = ["conv1+res2", "res3", "res4", "res5"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def table(output: str) -> dict[str, list[str]]:
@@ -217,6 +208,7 @@ def test_a_spec_takes_no_training_options(args, named):
 
 
 # -- against a measured run ------------------------------------------------------------------------------
+@pytest.mark.distributed
 @pytest.mark.parametrize("schedule", ["sync", "pipelined"])
 def test_every_ranks_estimate_within_1_percent_of_its_measured_peak(tmp_path, monkeypatch, schedule):
     """Four real CPU ranks of the micro config, each measuring its own tensors

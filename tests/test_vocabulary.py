@@ -6,16 +6,17 @@ import json
 import re
 
 import pytest
-from click.testing import CliRunner
 
 from archspec.cli import main
 from archspec.vocabulary import DEFAULT_MEASURE, DEFAULT_OPS
+
+from .conftest import run_cli
 
 BOX = set("┏┃┡│├└┗┳╇┼┴━─┓┩┤┘┛╋")
 
 
 def run(*args, columns: int = 200):
-    result = CliRunner().invoke(main, [str(a) for a in args], env={"COLUMNS": str(columns)}, catch_exceptions=False)
+    result = run_cli(*args, env={"COLUMNS": str(columns)}, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return result.output
 
@@ -170,8 +171,8 @@ def test_paper_view_honours_formats_and_refuses_what_does_not_apply(tmp_path):
     doc = json.loads(run("profile", "presnet50", "--paper", "--ops", "conv,fc", "--format", "json"))
     assert doc["ops"] == ["conv", "fc"]
     for opt in (["--batch", "8"], ["--dtype", "float16"], ["--measure", "output"], ["--optimizer", "adam"]):
-        bad = CliRunner().invoke(main, ["profile", "presnet50", "--paper", *opt])
+        bad = run_cli("profile", "presnet50", "--paper", *opt)
         assert bad.exit_code == 2 and len(bad.output.strip().splitlines()) == 1, bad.output
         assert opt[0] in bad.output and "--paper" in bad.output
-    bad = CliRunner().invoke(main, ["profile", "presnet50", "--standalone"])
+    bad = run_cli("profile", "presnet50", "--standalone")
     assert bad.exit_code == 2 and "--standalone applies to --format tex only" in bad.output
