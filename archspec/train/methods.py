@@ -22,6 +22,22 @@ units' gradients at its output, while the gradient it passes *down* must be unit
 
 Only the middle stages run two backward passes; the last stage does both in one. At most two
 stages' graphs are alive at once, as in the memory model of archspec.profiling.memory.
+
+Each method is defined once, per local stage k, by primitives that the single-process step
+(:meth:`Method.step`), the sync and the pipelined schedule of one process per local stage
+(archspec.train.schedule, which only adds the messages) compose:
+
+    stage_input(k, x)              its input, cut from the stage below; a leaf that keeps its
+                                   gradient where stage k sends one down (needs_input_grad)
+    run_group(k, x, params)        its forward (params: a snapshot of its weights)
+    stage_loss(k, y)               its loss (None without a decoder) and the gradient it leaves
+                                   at y_k: LoCo a_k; SimCLR and GIM back-propagate it through
+    grad_down_early(k, inp, y, a)  the gradient it sends down before the one from above
+                                   arrives: LoCo b_k (middle stages)
+    stage_backward(k, inp, y, a, above, params)
+                                   its weights' backward given the gradient from above (waits)
+                                   and the gradient it sends down now: SimCLR J_k^T above;
+                                   LoCo's last stage b_k
 """
 from __future__ import annotations
 
@@ -60,9 +76,13 @@ class Method:
 
     ``weights`` scales each local loss (default 1); a weight of 0 removes that loss's
     gradient exactly, which is how the tests check where gradients stop.
+
+    The primitives below are GIM's; SimCLR and LoCo override what differs.
     """
 
     name = "?"
+    sends_down = False  # a stage above the first sends the gradient at its input down
+    sends_early = False  # ... and it is the stage's own loss's alone, sent before the one from above arrives
 
     def __init__(self, net: StagedNet, decoders: nn.ModuleDict, temperature: float = 0.1):
         self.net = net
@@ -74,91 +94,152 @@ class Method:
         self.precision = FULL  # mixed precision: autocast and the stage borders (archspec.train.precision)
         self.loss_scale = 1.0  # float16: every loss is multiplied by it before its backward
 
-    def run_group(self, k: int, x: torch.Tensor) -> torch.Tensor:
+    # -- traits ------------------------------------------------------------------------------------
+    def needs_input_grad(self, k: int) -> bool:
+        """Stage k sends the gradient at its input down, so its input keeps one."""
+        return self.sends_down and k > 0
+
+    def waits(self, k: int) -> bool:
+        """Stage k's weights need the gradient that stage k+1 sends down."""
+        return self.sends_down and k < len(self.groups) - 1
+
+    def group_params(self, k: int) -> list[torch.Tensor]:
+        return [p for name in self.groups[k] for p in getattr(self.net, name).parameters() if p.requires_grad]
+
+    # -- the primitives of one local stage --------------------------------------------------------
+    def stage_input(self, k: int, x: torch.Tensor) -> torch.Tensor:
+        return x.detach().requires_grad_(self.needs_input_grad(k))
+
+    def run_group(self, k: int, x: torch.Tensor, params: dict | None = None) -> torch.Tensor:
+        """Stage k's forward; ``params``: its parameters by module and name to use instead of
+        its own (the pipelined schedule's snapshot of a delayed stage, archspec.train.schedule)."""
         with self.precision.autocast():
             for name in self.groups[k]:
-                x = getattr(self.net, name)(x)
+                module = getattr(self.net, name)
+                x = module(x) if params is None else torch.func.functional_call(module, params[name], (x,))
         return self.precision.border(x)
 
     def loss(self, label: str, y: torch.Tensor, params: dict | None = None) -> torch.Tensor:
-        """Decoder ``label``'s contrastive loss on ``y`` (both views); ``params``: the
-        decoder's parameters by name to use instead of its own (the pipelined schedule's
-        snapshot of a delayed stage, archspec.train.schedule)."""
+        """Decoder ``label``'s contrastive loss on ``y`` (both views); ``params`` as in run_group."""
         decoder = self.decoders[label]
         with self.precision.autocast():
             z = decoder(y) if params is None else torch.func.functional_call(decoder, params, (y,))
             z1, z2 = z.chunk(2)
             return self.contrast(z1, z2, self.temperature)
 
+    def _backward(self, loss: torch.Tensor, weight: float | None) -> None:
+        """``weight``: the single-process step's loss weight (times the loss scale); the per-stage
+        runners pass none (no weights, and float16's loss scale is refused there)."""
+        (loss if weight is None else loss * (weight * self.loss_scale)).backward()
+
+    def stage_loss(self, k: int, y: torch.Tensor, weight: float | None = None,
+                   params: dict | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Stage k's loss (None without a decoder) and the gradient it leaves at y_k: none here,
+        the loss is back-propagated through the stage (and whatever graph lies below y_k)."""
+        label = self.labels[k]
+        if label not in self.decoders:
+            return None, None
+        loss = self.loss(label, y, params)
+        self._backward(loss, weight)
+        return loss, None
+
+    def grad_down_early(self, k: int, inp: torch.Tensor, y: torch.Tensor,
+                        a: torch.Tensor | None) -> torch.Tensor | None:
+        """The gradient stage k sends down before the one from above arrives."""
+        return None
+
+    def stage_backward(self, k: int, inp: torch.Tensor, y: torch.Tensor, a: torch.Tensor | None,
+                       above: torch.Tensor | None, params: list[torch.Tensor]) -> torch.Tensor | None:
+        """Stage k's weights' backward given ``above``, the gradient from stage k+1 at y_k (None
+        where stage k does not wait for one); fills ``.grad`` of ``params`` (stage k's parameters
+        or the pipelined schedule's copies of them) and returns the gradient it sends down now."""
+        return None
+
+    # -- one process -------------------------------------------------------------------------------
     def step(self, view1: torch.Tensor, view2: torch.Tensor,
              weights: Mapping[str, float] | None = None) -> dict[str, torch.Tensor]:
         """Forward and backward for one batch of two views ([B, C, H, W] each, one forward
         of 2B images so batch norm sees both)."""
         return self._step(torch.cat([view1, view2]), dict(weights or {}))
 
-    def _step(self, x, weights):  # pragma: no cover - abstract
-        raise NotImplementedError
+    def _step(self, x, weights):
+        """Stage after stage; a waiting stage's backward runs once the stage above has computed
+        what it sends down (early, or in its own backward), so at most two graphs are alive."""
+        losses, below = {}, None  # below: (inp, y, a) of stage k-1 while it waits
+        for k, label in enumerate(self.labels):
+            inp = self.stage_input(k, x)
+            x = y = self.run_group(k, inp)
+            if not self.sends_down:
+                inp = None  # GIM: no reference the graph does not hold (step_memory profiles this step)
+            loss, a = self.stage_loss(k, y, weights.get(label, 1.0))
+            if loss is not None:
+                losses[label] = loss.detach()
+            if self.waits(k):
+                down = self.grad_down_early(k, inp, y, a)
+            else:
+                down = self.stage_backward(k, inp, y, a, None, self.group_params(k))
+            if below is not None:
+                self.stage_backward(k - 1, *below, down, self.group_params(k - 1))
+            below = (inp, y, a) if self.waits(k) else None
+        return losses
 
 
 class SimCLR(Method):
+    """One loss, on the last stage; a stage sends down J_k^T of the gradient from above."""
+
     name = "simclr"
+    sends_down = True
+
+    def stage_backward(self, k, inp, y, a, above, params):
+        """(SimCLR is never delayed: the backward fills the stage's own parameters.)"""
+        if above is not None:
+            torch.autograd.backward(y, above)  # into the weights and the input
+        return inp.grad if k > 0 else None
 
     def _step(self, x, weights):
+        """In one process the stages stay one graph: autograd carries J_k^T of the gradient
+        from above down, as stage_backward does at a border between processes."""
         for k in range(len(self.groups)):
             x = self.run_group(k, x)
         label = self.labels[-1]
-        loss = self.loss(label, x)
-        (loss * (weights.get(label, 1.0) * self.loss_scale)).backward()
+        loss, _ = self.stage_loss(len(self.groups) - 1, x, weights.get(label, 1.0))
         return {label: loss.detach()}
 
 
 class GIM(Method):
-    name = "gim"
+    """A loss on every stage, back-propagated through that stage alone; nothing goes down."""
 
-    def _step(self, x, weights):
-        losses = {}
-        for k, label in enumerate(self.labels):
-            x = self.run_group(k, x.detach())
-            loss = self.loss(label, x)
-            (loss * (weights.get(label, 1.0) * self.loss_scale)).backward()  # frees local stage k's graph
-            losses[label] = loss.detach()
-        return losses
+    name = "gim"
 
 
 class LoCo(Method):
+    """A loss on every stage; stage k's weights get a_k + b_{k+1}, stage k-1 gets b_k alone."""
+
     name = "loco"
+    sends_down = sends_early = True
 
-    def group_params(self, k: int) -> list[torch.Tensor]:
-        return [p for name in self.groups[k] for p in getattr(self.net, name).parameters() if p.requires_grad]
+    def stage_loss(self, k, y, weight=None, params=None):
+        """Decoder k on a detached leaf: its backward stops at y_k and leaves a_k there."""
+        y_leaf = y.detach().requires_grad_(True)
+        loss = self.loss(self.labels[k], y_leaf, params)
+        self._backward(loss, weight)
+        return loss, y_leaf.grad
 
-    def _step(self, x, weights):
-        losses = {}
-        last = len(self.groups) - 1
-        prev_y = prev_a = None  # stage k-1's output and its own loss's gradient there
-        for k, label in enumerate(self.labels):
-            inp = x.detach().requires_grad_(k > 0)
-            y = self.run_group(k, inp)
-            # Decoder k on a detached leaf: its backward stops at y_k and leaves a_k there.
-            y_leaf = y.detach().requires_grad_(True)
-            loss = self.loss(label, y_leaf)
-            (loss * (weights.get(label, 1.0) * self.loss_scale)).backward()
-            losses[label] = loss.detach()
-            a = y_leaf.grad
-            params = self.group_params(k)
-            if k == last:
-                # Nothing above the last stage: its weights and its input gradient in one pass.
-                wanted = params + ([inp] if k > 0 else [])
-                torch.autograd.backward(y, a, inputs=wanted)
-                b = inp.grad if k > 0 else None
-            elif k > 0:
-                # Unit k's gradient for stage k-1's output, through stage k alone.
-                (b,) = torch.autograd.grad(y, inp, a, retain_graph=True)
-            if k > 0:
-                # Stage k-1: its own unit's gradient plus unit k's; its input gradient is not
-                # wanted (it went down with unit k-1), so the pass ends at its weights.
-                torch.autograd.backward(prev_y, prev_a + b, inputs=self.group_params(k - 1))
-            prev_y, prev_a, x = y, a, y
-        return losses
+    def grad_down_early(self, k, inp, y, a):
+        """b_k = J_k^T a_k through stage k alone (a middle stage; the last sends it from its
+        backward, the first has nothing below)."""
+        if not 0 < k < len(self.groups) - 1:
+            return None
+        (b,) = torch.autograd.grad(y, inp, a, retain_graph=True)
+        return b
+
+    def stage_backward(self, k, inp, y, a, above, params):
+        if above is None:  # the last stage: its weights and its input gradient in one pass
+            torch.autograd.backward(y, a, inputs=params + ([inp] if k > 0 else []))
+            return inp.grad if k > 0 else None
+        # Its own unit's gradient plus unit k+1's; b_k went down already, so the pass ends at its weights.
+        torch.autograd.backward(y, a + above, inputs=params)
+        return None
 
 
 def build_method(name: str, net: StagedNet, decoders: nn.ModuleDict, temperature: float = 0.1) -> Method:

@@ -23,6 +23,9 @@ rank k+1 works on batch t-k-1; nothing waits for a step to end.
   and sends an end marker down instead of the next batch; every rank then drains (applies
   its pending update, forwards the outstanding losses), and one all-reduce says whether the
   run goes on. Checkpoints are taken on the drained pipeline, in the single-process format.
+
+Both compose the method's per-stage primitives (archspec.train.methods: the arithmetic) and
+add the messages; nothing here depends on which method it is, only on its traits.
 """
 from __future__ import annotations
 
@@ -47,41 +50,20 @@ class Schedules:
         """Forward and backward of this rank's stage for one batch (``x``: both views, on rank
         0); fills ``.grad`` of this rank's parameters and returns its loss (None without a
         decoder). The arithmetic is the single-process method's, split at the stage borders."""
-        k, last, method = self.stage, self.stages - 1, self.cfg.method
-        n = self.shard_rows
-        in_shape, out_shape = self.io_shapes[k]
-        inp = x if k == 0 else self._recv((n, *in_shape), self.peer(k - 1))
-        inp.requires_grad_(k > 0 and method in ("simclr", "loco"))
-        y = self.method.run_group(k, inp)
+        k, last, m = self.stage, self.stages - 1, self.method
+        inp = x if k == 0 else self._recv((self.shard_rows, *self.io_shapes[k][0]), self.peer(k - 1))
+        inp = m.stage_input(k, inp)
+        y = m.run_group(k, inp)
         self._check_shape(y)
         sends = [dist.isend(y.detach().contiguous(), dst=self.peer(k + 1))] if k < last else []
-        loss = None
-        if method == "gim":
-            loss = self.method.loss(self.label, y)
-            loss.backward()
-        elif method == "simclr":
-            if k == last:
-                loss = self.method.loss(self.label, y)
-                loss.backward()
-            else:
-                torch.autograd.backward(y, self._recv(y.shape, self.peer(k + 1)))
-            if k > 0:
-                sends.append(dist.isend(inp.grad.contiguous(), dst=self.peer(k - 1)))
-        else:  # loco, as methods.LoCo._step
-            y_leaf = y.detach().requires_grad_(True)
-            loss = self.method.loss(self.label, y_leaf)
-            loss.backward()
-            a = y_leaf.grad
-            if k == last:
-                torch.autograd.backward(y, a, inputs=self.stage_params + ([inp] if k > 0 else []))
-                if k > 0:
-                    sends.append(dist.isend(inp.grad.contiguous(), dst=self.peer(k - 1)))
-            else:
-                if k > 0:  # unit k's gradient at stage k-1's output, through stage k alone
-                    (b,) = torch.autograd.grad(y, inp, a, retain_graph=True)
-                    sends.append(dist.isend(b.contiguous(), dst=self.peer(k - 1)))
-                b_up = self._recv(y.shape, self.peer(k + 1))  # unit k+1's gradient at y_k
-                torch.autograd.backward(y, a + b_up, inputs=self.stage_params)
+        loss, a = m.stage_loss(k, y)
+        down = m.grad_down_early(k, inp, y, a)
+        if down is not None:
+            sends.append(dist.isend(down.contiguous(), dst=self.peer(k - 1)))
+        above = self._recv(y.shape, self.peer(k + 1)) if m.waits(k) else None
+        down = m.stage_backward(k, inp, y, a, above, self.stage_params)
+        if down is not None:
+            sends.append(dist.isend(down.contiguous(), dst=self.peer(k - 1)))
         for work in sends:
             work.wait()
         return None if loss is None else loss.detach()
@@ -104,56 +86,42 @@ class Schedules:
 
     def _pipelined_batch(self, x: torch.Tensor) -> torch.Tensor:
         """This rank's work on one batch; returns its loss (detached). Applies this batch's update at once
-        (no delay) or keeps it pending until the next batch (LoCo, all but the last stage)."""
-        k, last, loco = self.stage, self.stages - 1, self.cfg.method == "loco"
-        inp = x.requires_grad_(k > 0 and loco)
+        (a stage that waits for nothing from above) or keeps it pending until the next batch."""
+        k, last, m = self.stage, self.stages - 1, self.method
         snap = self._snapshot() if self.delay else None
-        y = inp
-        with self.method.precision.autocast():  # as Method.run_group
-            for name in self.groups[k]:
-                module = getattr(self.model.net, name)
-                y = module(y) if snap is None else torch.func.functional_call(module, snap[0][name], (y,))
-        y = self.method.precision.border(y)
+        inp = m.stage_input(k, x)
+        y = m.run_group(k, inp, None if snap is None else snap[0])
         self._check_shape(y)
         if k < last:
             self.activations_out.send(y.detach())
-        if not loco:  # gim
-            loss = self.method.loss(self.label, y)
-            loss.backward()
+        loss, a = m.stage_loss(k, y, params=None if snap is None else snap[1])
+        down = m.grad_down_early(k, inp, y, a)  # goes down at once
+        if down is not None:
+            self.gradients_out.send(down)
+        if not m.waits(k):
+            down = m.stage_backward(k, inp, y, a, None, self.stage_params)
+            if down is not None:
+                self.gradients_out.send(down)
             self._update()
             return loss.detach()
-        y_leaf = y.detach().requires_grad_(True)
-        if snap is None:  # the last stage: its weights and its input gradient in one pass
-            loss = self.method.loss(self.label, y_leaf)
-            loss.backward()
-            torch.autograd.backward(y, y_leaf.grad, inputs=self.stage_params + ([inp] if k > 0 else []))
-            if k > 0:
-                self.gradients_out.send(inp.grad)
-            self._update()
-            return loss.detach()
-        dec_params = list(snap[1].values())
-        loss = self.method.loss(self.label, y_leaf, params=snap[1])
-        a, *dec_grads = torch.autograd.grad(loss, [y_leaf] + dec_params)
-        if k > 0:  # unit k's gradient at stage k-1's output goes down at once
-            (b,) = torch.autograd.grad(y, inp, a, retain_graph=True)
-            self.gradients_out.send(b)
         self._finish_pending()
-        self.pending = (y, a, snap, dec_grads)
+        self.pending = (inp, y, a, snap)
         return loss.detach()
 
     def _finish_pending(self) -> None:
-        """LoCo: the update of the previous batch, once rank k+1's gradient for it is here."""
+        """The update of the previous batch, once rank k+1's gradient for it is here (its graph
+        and gradients are on the snapshot's copies of the weights)."""
         if self.pending is None:
             return
-        y, a, (stage, _), dec_grads = self.pending
+        inp, y, a, (stage, decoder) = self.pending
         self.pending = None
-        b_up = self._recv(y.shape, self.peer(self.stage + 1))
+        above = self._recv(y.shape, self.peer(self.stage + 1))
         copies = [p for name in self.groups[self.stage] for p in stage[name].values() if p.requires_grad]
-        torch.autograd.backward(y, a + b_up, inputs=copies)
+        self.method.stage_backward(self.stage, inp, y, a, above, copies)
         for p, c in zip(self.stage_params, copies):
             p.grad = c.grad
-        for p, g in zip(self.decoder_params, dec_grads):
-            p.grad = g
+        for p, c in zip(self.decoder_params, decoder.values()):
+            p.grad = c.grad
         self._update()
 
     def _update(self) -> None:
