@@ -46,7 +46,7 @@ class StageRunner(StageCheckpoints, Schedules, Messages, Runner):
         from archspec.train.augment import SimCLRAugment
         from archspec.train.config import load_training_spec
         from archspec.train.data import build_dataset
-        from archspec.train.methods import build_method, trainable_modules
+        from archspec.train.methods import build_method, decoder_labels, trainable_modules
         from archspec.train.optim import WarmupCosine, build_optimizer, param_groups
 
         self.cfg, self.out, self.progress = cfg, Path(out), progress
@@ -70,7 +70,8 @@ class StageRunner(StageCheckpoints, Schedules, Messages, Runner):
         check_batch(cfg, self.replicas)
         self.rows = shard(cfg.batch, self.replicas, self.replica)
         self.shard_rows = 2 * (cfg.batch // self.replicas)  # images (both views) through each rank per step
-        self.loss_ranks = [self.stages - 1] if cfg.method == "simclr" else list(range(self.stages))
+        with_loss = decoder_labels(spec, cfg.method)  # the stages whose decoder has a loss, as in one process
+        self.loss_ranks = [k for k, label in enumerate(self.labels) if label in with_loss]
         self.label = self.labels[self.stage]
         self.has_decoder = self.stage in self.loss_ranks
 
