@@ -111,9 +111,11 @@ def with_schedule(cfg, schedule: str | None):
 
     if schedule is None or schedule == cfg.pipeline:
         return cfg
-    if schedule == "pipelined" and cfg.method == "simclr":
-        raise UserError(f"{cfg.source}: simclr cannot be pipelined: its one loss needs every stage's gradient "
-                        f"within the step (hint: --schedule sync, or method gim or loco)")
+    from archspec.train.config_schema import pipeline_refusal
+
+    refusal = pipeline_refusal(cfg.method, schedule)
+    if refusal:
+        raise UserError(f"{cfg.source}: {refusal} (hint: --schedule sync, or method gim or loco)")
     return dataclasses.replace(cfg, pipeline=schedule)
 
 
@@ -198,7 +200,8 @@ def evaluate(run, stage, knn, baseline, probe_epochs, batch_size):
     from archspec.io import write_text_atomic
     from archspec.train.data import build_dataset
     from archspec.train.evaluate import extract_features, knn_accuracy, linear_probe, pixel_features
-    from archspec.train.loop import build_model, load_run, resolve_device
+    from archspec.train.model import build_model, load_run
+    from archspec.train.session import resolve_device
 
     run = Path(run)
     model, state = load_run(run)
@@ -285,7 +288,7 @@ def plot(runs, out_dir, tsne, tsne_samples, labels):
     from archspec.train.data import build_dataset
     from archspec.train.evaluate import extract_features
     from archspec.train.figures import loss_caption, plot_loss_curves, plot_tsne, tsne_caption
-    from archspec.train.loop import load_run
+    from archspec.train.model import load_run
     from archspec.train.runlog import read_log
 
     paths = [Path(r) for r in runs]

@@ -38,9 +38,10 @@ import torch.distributed as dist
 from archspec.errors import UserError
 from archspec.io import write_text_atomic
 from archspec.train.config import TrainConfig
-from archspec.train.loop import RunResult, check_run_dir, dump_config
+from archspec.train.loop import RunResult
+from archspec.train.rundir import check_run_dir, dump_config
 from archspec.train.runlog import result_line
-from archspec.train.loop import _torch_settings
+from archspec.train.session import torch_settings
 from archspec.train.ranks import peak_rss_bytes, rank_device, stage_plan
 from archspec.train.stage_runner import StageRunner
 from archspec.train.transport import default_timeout_s, peer_failure
@@ -78,7 +79,7 @@ def run_rank(cfg: TrainConfig, out: Path | str, rank: int, world: int, *, local_
     dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world, timeout=timeout)
     runner = None
     try:
-        with _torch_settings(threads, cfg.deterministic):
+        with torch_settings(threads, cfg.deterministic):
             kind = StageRunner if processes == "stage" else ReplicaRunner
             runner = kind(cfg, out, rank, world, device, progress, resume, stop_file)
             if rank == 0 and not resume:

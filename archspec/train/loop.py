@@ -14,16 +14,19 @@ schedule state, the torch / numpy / python RNGs, the augmentation generator and 
 the data order), so on CPU with deterministic algorithms the losses after resuming equal an
 uninterrupted run's bit for bit. The data order of epoch e is a permutation drawn from a
 generator seeded with (seed, e): its state is the (epoch, position) pair in the checkpoint.
+
+Around the runner, each in its own module: the model it trains (archspec.train.model), the run
+directory checks and config.yaml (rundir), the device, torch settings and Ctrl-C (session), the
+checkpoint files (checkpoints), the RNG state (rng) and the log (runlog). Their names that
+callers have always imported from here (build_model, load_run, check_run_dir, ...) still work.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import io
 import json
 import os
 import random
-import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,15 +36,15 @@ import torch
 
 from archspec.errors import UserError
 from archspec.io import write_bytes_atomic, write_text_atomic
-from archspec.train.checkpoints import CHECKPOINT_FORMAT, checkpoint_paths, latest_checkpoint, load_checkpoint
-from archspec.train.config import TrainConfig, load_config, load_training_spec
+from archspec.train.checkpoints import CHECKPOINT_FORMAT, checkpoint_paths, load_checkpoint
+from archspec.train.config import TrainConfig
+from archspec.train.model import Model, build_model, load_run
 from archspec.train.rng import epoch_order, rng_state, set_rng_state
 from archspec.train.runlog import check_finite, log_step, open_tensorboard, read_log  # noqa: F401 (read_log: loop's API)
 from archspec.train.precision import LossScale, Precision, weight_dtype
+from archspec.train.rundir import RESUME_FREE, check_run_dir, dump_config
+from archspec.train.session import Stopper, torch_settings, resolve_device
 from archspec.train.stale import StaleWeights, is_segment_start, stage_delays
-
-# Keys that may change between a run and its resumption without changing its numbers.
-RESUME_FREE = {"threads", "log_every", "checkpoint_every", "keep_checkpoints", "tensorboard", "device", "output"}
 
 
 @dataclass
@@ -53,131 +56,41 @@ class RunResult:
     summary: dict = field(default_factory=dict)
 
 
-# -- small pieces ----------------------------------------------------------------------------
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device '{name}' is not available here (hint: set device: auto or cpu)")
-    return device
-
-
-def dump_config(cfg: TrainConfig) -> str:
-    import yaml
-
-    header = f"# resolved from {cfg.source} by archspec train\n"
-    return header + yaml.safe_dump(cfg.to_data(), sort_keys=False)
-
-
-def _diff(a, b, prefix=""):
-    """The first key where two config dicts differ (ignoring RESUME_FREE and data.workers)."""
-    for key in list(a) + [k for k in b if k not in a]:
-        if not prefix and key in RESUME_FREE or prefix == "data." and key == "workers":
-            continue
-        va, vb = a.get(key), b.get(key)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            found = _diff(va, vb, f"{prefix}{key}.")
-            if found:
-                return found
-        elif va != vb:
-            return f"{prefix}{key}"
-    return None
-
-
-class _Stopper:
-    """The first SIGINT asks the loop to stop after the current step (and save); a second
-    one raises KeyboardInterrupt at once."""
-
-    def __init__(self):
-        self.requested = False
-        self.previous = None
-
-    def __enter__(self):
-        try:
-            self.previous = signal.signal(signal.SIGINT, self._handle)
-        except ValueError:  # not the main thread: Ctrl-C arrives as KeyboardInterrupt
-            self.previous = None
-        return self
-
-    def _handle(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __exit__(self, *exc):
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
-        return False
-
-
-@contextlib.contextmanager
-def _torch_settings(threads: int | None, deterministic: bool):
-    """Torch's thread count and deterministic algorithms for a run, restored afterwards. The
-    eager-mode switch is set directly where torch has it: ``torch.use_deterministic_algorithms``
-    also sets a flag of the compiler (torch._inductor), which training never uses, and importing
-    it costs every process about 1.7 s."""
-    switch = getattr(torch._C, "_set_deterministic_algorithms", None) or torch.use_deterministic_algorithms
-    old_threads = torch.get_num_threads()
-    old_det = torch.are_deterministic_algorithms_enabled()
-    old_warn = torch.is_deterministic_algorithms_warn_only_enabled()
-    try:
-        if threads:
-            torch.set_num_threads(threads)
-        if deterministic:
-            switch(True, warn_only=True)
-        yield
-    finally:
-        torch.set_num_threads(old_threads)
-        switch(old_det, warn_only=old_warn)
-
-
-# -- the model a run trains --------------------------------------------------------------------
-@dataclass
-class Model:
-    cfg: TrainConfig
-    spec: object
-    net: torch.nn.Module
-    decoders: torch.nn.ModuleDict
-    device: torch.device
-
-
-def build_model(cfg: TrainConfig, device: torch.device | str = "cpu") -> Model:
-    """The encoder and decoders of ``cfg``, initialised from ``cfg.seed``."""
-    from archspec.nn.compiler import compile_spec
-    from archspec.train.methods import build_decoders
-
-    spec = load_training_spec(cfg)
-    device = torch.device(device)
-    dtype = weight_dtype(cfg.dtype)
-    torch.manual_seed(cfg.seed)
-    net = compile_spec(spec, device=device).to(dtype)
-    decoders = build_decoders(net, cfg.method, cfg.decoders.decoder_config()).to(dtype)
-    return Model(cfg, spec, net, decoders, device)
-
-
-def load_run(run: Path | str, device: torch.device | str = "cpu", checkpoint: Path | None = None) -> tuple[Model, dict]:
-    """A run's config and model with its newest (or the given) checkpoint loaded."""
-    run = Path(run)
-    if not (run / "config.yaml").is_file():
-        raise UserError(f"{run} is not a run directory: it has no config.yaml (hint: give the --out of "
-                        f"'archspec train')")
-    cfg = load_config(run / "config.yaml")
-    checkpoint = checkpoint or latest_checkpoint(run)
-    if checkpoint is None:
-        raise UserError(f"run {run} has no checkpoint yet (hint: train it first)")
-    state = load_checkpoint(checkpoint)
-    model = build_model(cfg, device)
-    model.net.load_state_dict(state["model"])
-    model.decoders.load_state_dict(state["decoders"])
-    return model, state
-
-
 # -- the runner --------------------------------------------------------------------------------
+# -- what every runner builds alike (the per-stage runner too, for its part of the model) ------------
+def training_data(cfg: TrainConfig, spec):
+    """The training split of ``cfg``'s data; one line when its channels do not fit ``spec`` or it
+    holds fewer images than one batch."""
+    from archspec.train.data import build_dataset
+
+    dataset = build_dataset(cfg.data.data_config(spec.input_size[0]), "train")
+    channels = getattr(dataset, "channels", spec.input_channels)
+    if channels != spec.input_channels:
+        raise UserError(f"{cfg.source}: the data has {channels} channel(s), spec '{spec.name}' takes "
+                        f"{spec.input_channels} (hint: set data.channels)")
+    if len(dataset) < cfg.batch:
+        raise UserError(f"{cfg.where('batch')}: batch {cfg.batch} is larger than the {len(dataset)} "
+                        f"training images (hint: lower 'batch')")
+    return dataset
+
+
+def config_optimizer(cfg: TrainConfig, groups: list[dict]) -> torch.optim.Optimizer:
+    """``cfg``'s optimizer over parameter ``groups`` (archspec.train.optim.param_groups)."""
+    from archspec.train.optim import build_optimizer
+
+    o = cfg.optimizer
+    return build_optimizer(o.name, groups, lr=o.effective_lr(cfg.batch), momentum=o.momentum,
+                           trust_coefficient=o.trust_coefficient, betas=o.betas)
+
+
+def config_scheduler(cfg: TrainConfig, optimizer, total_steps: int, steps_per_epoch: int):
+    """``cfg``'s learning-rate schedule (warmup, then cosine or constant) over ``total_steps``."""
+    from archspec.train.optim import WarmupCosine
+
+    return WarmupCosine(optimizer, total_steps, cfg.schedule.warmup(steps_per_epoch), cfg.schedule.decay,
+                        cfg.schedule.final_lr_ratio)
+
+
 class Runner:
     # Data-parallel replicas (archspec.train.replica_runner) read only their rows of a batch and
     # leave the run directory to replica 0.
@@ -186,24 +99,16 @@ class Runner:
 
     def __init__(self, cfg: TrainConfig, out: Path, progress: bool | None = None, device: torch.device | None = None):
         from archspec.train.augment import SimCLRAugment
-        from archspec.train.data import build_dataset
         from archspec.train.methods import build_method, trainable_modules
-        from archspec.train.optim import WarmupCosine, build_optimizer, param_groups
+        from archspec.train.optim import param_groups
 
         self.cfg, self.out, self.progress = cfg, Path(out), progress
         self.device = device or resolve_device(cfg.device)
         self.model = build_model(cfg, self.device)
         spec = self.model.spec
         self.size = spec.input_size[0]
-        self.dataset = build_dataset(cfg.data.data_config(self.size), "train")
-        channels = getattr(self.dataset, "channels", spec.input_channels)
-        if channels != spec.input_channels:
-            raise UserError(f"{cfg.source}: the data has {channels} channel(s), spec '{spec.name}' takes "
-                            f"{spec.input_channels} (hint: set data.channels)")
+        self.dataset = training_data(cfg, spec)
         self.steps_per_epoch = len(self.dataset) // cfg.batch
-        if self.steps_per_epoch < 1:
-            raise UserError(f"{cfg.where('batch')}: batch {cfg.batch} is larger than the {len(self.dataset)} "
-                            f"training images (hint: lower 'batch')")
         self.total_steps = cfg.epochs * self.steps_per_epoch
         self.method = build_method(cfg.method, self.model.net, self.model.decoders, cfg.temperature)
         self.method.precision = Precision(cfg.dtype, self.device)
@@ -213,10 +118,8 @@ class Runner:
         o = cfg.optimizer
         groups = param_groups(trainable_modules(self.model.net, self.model.decoders), o.weight_decay,
                               o.exclude_bn_bias)
-        self.optimizer = build_optimizer(o.name, groups, lr=o.effective_lr(cfg.batch), momentum=o.momentum,
-                                         trust_coefficient=o.trust_coefficient, betas=o.betas)
-        self.scheduler = WarmupCosine(self.optimizer, self.total_steps, cfg.schedule.warmup(self.steps_per_epoch),
-                                      cfg.schedule.decay, cfg.schedule.final_lr_ratio)
+        self.optimizer = config_optimizer(cfg, groups)
+        self.scheduler = config_scheduler(cfg, self.optimizer, self.total_steps, self.steps_per_epoch)
         self.augment = SimCLRAugment(self.size, **cfg.augment.kwargs())
         self.aug_generator = torch.Generator(device=self.device).manual_seed(cfg.seed + 1)
         random.seed(cfg.seed)
@@ -312,7 +215,7 @@ class Runner:
         self.model.net.train()
         self.model.decoders.train()
         started = time.perf_counter()
-        with _Stopper() as stopper, open(log_path, "a", encoding="utf-8") as log:
+        with Stopper() as stopper, open(log_path, "a", encoding="utf-8") as log:
             try:
                 for step, images in self.batches(start, stop):
                     t0 = time.perf_counter()
@@ -403,26 +306,6 @@ class Runner:
         }
 
 
-def check_run_dir(cfg: TrainConfig, out: Path, resume: bool) -> Path | None:
-    """Refuse a run directory that would be overwritten, or a resume that cannot be exact (no
-    checkpoint, a config whose numbers differ); the newest checkpoint when resuming."""
-    if resume:
-        if not (out / "config.yaml").is_file():
-            raise UserError(f"nothing to resume: {out} has no config.yaml (hint: start the run without --resume)")
-        saved = load_config(out / "config.yaml")  # bounded like any config (archspec.limits)
-        changed = _diff(saved.to_data(), cfg.to_data())
-        if changed:
-            raise UserError(f"{cfg.source}: '{changed}' differs from the run's config.yaml in {out} (hint: resume "
-                            f"with the config the run started with, or start a new run with --out)")
-        checkpoint = latest_checkpoint(out)
-        if checkpoint is None:
-            raise UserError(f"nothing to resume: {out} has no checkpoint (hint: start the run without --resume)")
-        return checkpoint
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(f"run directory {out} already exists (hint: --resume to continue it, or --out for a new run)")
-    return None
-
-
 def train(cfg: TrainConfig, out: Path | str, *, max_steps: int | None = None, resume: bool = False,
           progress: bool | None = None, on_step=None) -> RunResult:
     """Train ``cfg`` into run directory ``out``; ``max_steps`` stops at that global step (the
@@ -430,7 +313,7 @@ def train(cfg: TrainConfig, out: Path | str, *, max_steps: int | None = None, re
     ``on_step(step, losses)`` is called after every step."""
     out = Path(out)
     checkpoint = check_run_dir(cfg, out, resume)
-    with _torch_settings(cfg.threads, cfg.deterministic):
+    with torch_settings(cfg.threads, cfg.deterministic):
         runner = Runner(cfg, out, progress)
         out.mkdir(parents=True, exist_ok=True)
         if resume:
@@ -438,3 +321,8 @@ def train(cfg: TrainConfig, out: Path | str, *, max_steps: int | None = None, re
         else:
             write_text_atomic(out / "config.yaml", dump_config(dataclasses.replace(cfg, output=str(out.resolve()))))
         return runner.run(max_steps=max_steps, on_step=on_step)
+
+
+# Re-exported: what callers import from here (the model, the run-directory checks, the session).
+__all__ = ["RESUME_FREE", "Model", "RunResult", "Runner", "build_model", "check_run_dir", "dump_config", "load_run",
+           "read_log", "resolve_device", "train"]

@@ -29,11 +29,12 @@ def run_tensors(runner) -> list[torch.Tensor]:
 def measure_step_peaks(cfg, out, steps: int = 3) -> list[int]:
     """Peak tensor bytes of each of the first ``steps`` steps of ``cfg`` in one process. The
     first step creates the optimizer state, so the later ones are the steady state."""
-    from archspec.train.loop import Runner, _torch_settings
+    from archspec.train.loop import Runner
+    from archspec.train.session import torch_settings
 
     peaks: list[int] = []
     Path(out).mkdir(parents=True, exist_ok=True)
-    with _torch_settings(cfg.threads, cfg.deterministic):
+    with torch_settings(cfg.threads, cfg.deterministic):
         runner = Runner(cfg, out, progress=False)
         cuda = runner.device.type == "cuda"
         existing = run_tensors(runner)

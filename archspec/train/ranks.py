@@ -10,7 +10,7 @@ import torch
 
 from archspec.errors import UserError
 from archspec.train.config import TrainConfig
-from archspec.train.loop import Model
+from archspec.train.model import Model
 from archspec.train.precision import weight_dtype
 
 
@@ -58,7 +58,7 @@ def peak_rss_bytes() -> int:
 
 
 def _build_model(cfg: TrainConfig, spec, device) -> Model:
-    """:func:`archspec.train.loop.build_model` (same seed, same order of initialisation, so the
+    """:func:`archspec.train.model.build_model` (same seed, same order of initialisation, so the
     same weights) without its meta-device shape check, which costs each process about a second
     of imports; :meth:`StageRunner.sync_step` checks every stage's output shape instead."""
     from archspec.nn.compiler import compile_spec

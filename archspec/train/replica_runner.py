@@ -23,7 +23,8 @@ import torch.distributed as dist
 
 from archspec.errors import UserError
 from archspec.train.config import TrainConfig
-from archspec.train.loop import Runner, RunResult, check_run_dir
+from archspec.train.loop import Runner, RunResult
+from archspec.train.rundir import check_run_dir
 from archspec.train.replicas import all_reduce_grads, convert_batchnorm, gathered_nt_xent, shard
 from archspec.train.transport import Messages, raise_shared_error
 

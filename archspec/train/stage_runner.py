@@ -24,7 +24,9 @@ from archspec.errors import UserError
 from archspec.io import write_text_atomic
 from archspec.train.config import TrainConfig
 from archspec.train.checkpoints import load_checkpoint
-from archspec.train.loop import Runner, RunResult, _Stopper, check_run_dir
+from archspec.train.loop import Runner, RunResult, config_optimizer, config_scheduler, training_data
+from archspec.train.rundir import check_run_dir
+from archspec.train.session import Stopper
 from archspec.train.runlog import check_finite, finite, log_step, not_finite, open_tensorboard, read_log
 from archspec.train.precision import MIXED, Precision, weight_dtype
 from archspec.train.ranks import _build_model, check_stage_dtype, peak_rss_bytes, stage_plan
@@ -39,15 +41,18 @@ from archspec.train.transport import Messages, injected_fault, raise_shared_erro
 class StageRunner(StageCheckpoints, Schedules, Messages, Runner):
     """The runner of one rank. Inherits the data order (:meth:`Runner.batches`) and the summary
     from the single-process :class:`Runner`; everything that touches the run directory runs on
-    rank 0 only. Every method that communicates must be called by all ranks alike."""
+    rank 0 only. Every method that communicates must be called by all ranks alike.
+
+    Its constructor is its own, not Runner's, because a rank holds one stage, not the model; what
+    both build alike (the checked training data, the optimizer, the schedule) comes from the same
+    functions of archspec.train.loop."""
 
     def __init__(self, cfg: TrainConfig, out: Path, rank: int, world: int, device: torch.device,
                  progress: bool | None = None, resume: bool = False, stop_file: str | None = None):
         from archspec.train.augment import SimCLRAugment
         from archspec.train.config import load_training_spec
-        from archspec.train.data import build_dataset
         from archspec.train.methods import build_method, decoder_labels, trainable_modules
-        from archspec.train.optim import WarmupCosine, build_optimizer, param_groups
+        from archspec.train.optim import param_groups
 
         self.cfg, self.out, self.progress = cfg, Path(out), progress
         self.rank, self.world, self.device = rank, world, device
@@ -83,14 +88,7 @@ class StageRunner(StageCheckpoints, Schedules, Messages, Runner):
         if rank == 0:
             try:
                 checkpoint = check_run_dir(cfg, self.out, resume)
-                self.dataset = build_dataset(cfg.data.data_config(self.size), "train")
-                channels = getattr(self.dataset, "channels", spec.input_channels)
-                if channels != spec.input_channels:
-                    raise UserError(f"{cfg.source}: the data has {channels} channel(s), spec '{spec.name}' takes "
-                                    f"{spec.input_channels} (hint: set data.channels)")
-                if len(self.dataset) // cfg.batch < 1:
-                    raise UserError(f"{cfg.where('batch')}: batch {cfg.batch} is larger than the "
-                                    f"{len(self.dataset)} training images (hint: lower 'batch')")
+                self.dataset = training_data(cfg, spec)
                 info["images"] = len(self.dataset)
                 info["checkpoint"] = checkpoint
                 if checkpoint is not None:
@@ -104,7 +102,7 @@ class StageRunner(StageCheckpoints, Schedules, Messages, Runner):
         info = self._broadcast(info)
         raise_shared_error(info)
         if self.reader and rank != 0:  # another replica's first stage: its own rows of the data
-            self.dataset = build_dataset(cfg.data.data_config(self.size), "train")
+            self.dataset = training_data(cfg, spec)
         self.steps_per_epoch = info["images"] // cfg.batch
         self.total_steps = cfg.epochs * self.steps_per_epoch
 
@@ -118,8 +116,7 @@ class StageRunner(StageCheckpoints, Schedules, Messages, Runner):
         names = self._param_names()
         self.full_index = {names[id(p)]: i for i, p in enumerate(p for g in full for p in g["params"])}
         if rank == 0:
-            reference = build_optimizer(o.name, full, lr=o.effective_lr(cfg.batch), momentum=o.momentum,
-                                        trust_coefficient=o.trust_coefficient, betas=o.betas)
+            reference = config_optimizer(cfg, full)
             self.full_param_groups = reference.state_dict()["param_groups"]
             self.full_base_lrs = [g["lr"] for g in reference.param_groups]
             del reference
@@ -152,11 +149,9 @@ class StageRunner(StageCheckpoints, Schedules, Messages, Runner):
         # The optimizer and schedule over this rank's parameters, as the single-process runner's.
         names = self._param_names()
         groups = param_groups(own, o.weight_decay, o.exclude_bn_bias)
-        self.optimizer = build_optimizer(o.name, groups, lr=o.effective_lr(cfg.batch), momentum=o.momentum,
-                                         trust_coefficient=o.trust_coefficient, betas=o.betas)
+        self.optimizer = config_optimizer(cfg, groups)
         self.param_names = [names[id(p)] for g in self.optimizer.param_groups for p in g["params"]]
-        self.scheduler = WarmupCosine(self.optimizer, self.total_steps, cfg.schedule.warmup(self.steps_per_epoch),
-                                      cfg.schedule.decay, cfg.schedule.final_lr_ratio)
+        self.scheduler = config_scheduler(cfg, self.optimizer, self.total_steps, self.steps_per_epoch)
         self.method = build_method(cfg.method, net, decoders, cfg.temperature)
         self.method.precision = Precision(cfg.dtype, device)
         self.stage_params = [p for name in self.groups[self.stage] for p in getattr(net, name).parameters()
@@ -254,7 +249,7 @@ class StageRunner(StageCheckpoints, Schedules, Messages, Runner):
 
             existing = run_tensors(self)
             tracker, held = TensorMemory(existing), held_bytes(existing)
-        with _Stopper() as stopper, (open(log_path, "a", encoding="utf-8") if rank0 else
+        with Stopper() as stopper, (open(log_path, "a", encoding="utf-8") if rank0 else
                                      contextlib.nullcontext()) as log:
             self._stopper = stopper
 
