@@ -56,7 +56,6 @@ class RunResult:
     summary: dict = field(default_factory=dict)
 
 
-# -- the runner --------------------------------------------------------------------------------
 # -- what every runner builds alike (the per-stage runner too, for its part of the model) ------------
 def training_data(cfg: TrainConfig, spec):
     """The training split of ``cfg``'s data; one line when its channels do not fit ``spec`` or it
@@ -91,6 +90,7 @@ def config_scheduler(cfg: TrainConfig, optimizer, total_steps: int, steps_per_ep
                         cfg.schedule.final_lr_ratio)
 
 
+# -- the runner --------------------------------------------------------------------------------
 class Runner:
     # Data-parallel replicas (archspec.train.replica_runner) read only their rows of a batch and
     # leave the run directory to replica 0.
