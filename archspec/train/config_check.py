@@ -56,7 +56,6 @@ def validate_config(cfg: TrainConfig, memory_budget: int | str | None = None, ch
     optimizer fits. ``check_data``: the data root must exist (otherwise it is only reported).
     Raises ConfigError / UserError with one line."""
     from archspec.nn.compiler import compile_spec
-    from archspec.profiling.memory import local_stages
     from archspec.profiling.profiler import profile
 
     spec = load_training_spec(cfg)
@@ -75,27 +74,24 @@ def validate_config(cfg: TrainConfig, memory_budget: int | str | None = None, ch
 
     from archspec.train.methods import decoder_labels
 
-    groups = local_stages(spec)
-    labels = [ls.label for ls in spec.local_stages]
     on = decoder_labels(spec, cfg.method)
     decoders = {}
-    for label, group in zip(labels, groups):
-        stage = spec.stage(group[-1])
-        shape = (stage.out_channels, *stage.output_size)
-        if label not in on:
+    for local in spec.local_stages:
+        if local.label not in on:
             continue
-        decoders[label] = shape
+        stage = spec.stage(local.stages[-1])
+        shape = decoders[local.label] = (stage.out_channels, *stage.output_size)
         if cfg.decoders.block and min(shape[1:]) < 2:
             raise ConfigError(
-                f"decoder on local stage '{label}' cannot fit: its stride-2 conv needs at least 2x2 input, "
+                f"decoder on local stage '{local.label}' cannot fit: its stride-2 conv needs at least 2x2 input, "
                 f"the stage gives {shape[1]}x{shape[2]}", what="decoders",
                 where=cfg.where_any(("decoders", "block"), ("decoders",), ("data", "size"), ("spec",)),
                 hint="set decoders.block: false (pool + MLP only) or train at a larger data.size")
 
     prof = profile(spec, batch=cfg.batch, dtype=cfg.dtype, optimizer=cfg.optimizer.name,
                    decoder=cfg.decoders.decoder_config(), weight_decay=cfg.optimizer.weight_decay,
-                   exclude_bn_bias=cfg.optimizer.exclude_bn_bias).to_dict()
-    memory = prof["training_memory"]["methods"][cfg.method]
+                   exclude_bn_bias=cfg.optimizer.exclude_bn_bias)
+    memory = prof.memory[cfg.method].as_dict()
     budget = parse_bytes(memory_budget, "--memory-budget") if isinstance(memory_budget, str) else memory_budget
     if budget is not None and memory["total"] > budget:
         from archspec.profiling.rank_memory import memory_hint
@@ -118,5 +114,6 @@ def validate_config(cfg: TrainConfig, memory_budget: int | str | None = None, ch
         if check_data and not found:
             raise ConfigError(f"data root {where} does not exist", where=cfg.where("data", "root"),
                               what="data", hint=hint)
-    params = sum(r["params"] for r in prof["stages"] if r["name"] != "head")
+    params = sum(row.params for row in prof.stages if row.name != "head")
+    labels = [local.label for local in spec.local_stages]
     return Validation(spec.name, params, size, labels, decoders, memory, budget, found, where)
